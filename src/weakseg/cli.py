@@ -1,0 +1,237 @@
+"""The ``weakseg`` command: train | eval | predict | derive-labels | demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from weakseg import __version__
+from weakseg.errors import WeakSegError
+
+log = logging.getLogger("weakseg")
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from weakseg.engine.recipe import load_recipe
+    from weakseg.engine.trainer import Trainer
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    trainer = Trainer(recipe, progress=not args.quiet)
+    log.info("weights: %s", trainer.model.backbone.info.weights_source)
+    if args.resume and trainer.resume():
+        log.info("resuming at step %d of %d", trainer.step, recipe.train.steps)
+    result = trainer.fit()
+    _print_metrics(result.metrics, f"{recipe.method} / {recipe.supervision}")
+    log.info(
+        "checkpoints and metrics in %s (%.1f images/s, %.0f s)",
+        result.output_dir,
+        result.train_images_per_s,
+        result.wall_s,
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from weakseg.data.dataset import SegmentationDataset
+    from weakseg.data.formats import write_json
+    from weakseg.engine.config import apply_overrides, from_dict, to_dict
+    from weakseg.engine.device import select_device
+    from weakseg.engine.evaluator import evaluate
+    from weakseg.engine.recipe import Recipe
+    from weakseg.engine.trainer import load_model_from_checkpoint
+
+    device = select_device(args.device)
+    model, recipe, _ = load_model_from_checkpoint(args.checkpoint, device)
+    recipe = from_dict(Recipe, apply_overrides(to_dict(recipe), args.overrides))
+    split = args.split or recipe.data.val_split
+    dataset = SegmentationDataset(recipe.data, split, kinds=("mask",), required=("mask",))
+    pred_dir = Path(args.save_predictions) if args.save_predictions else None
+    metrics = evaluate(
+        model,
+        dataset,
+        recipe.eval,
+        device,
+        num_workers=recipe.data.num_workers,
+        progress=not args.quiet,
+        prediction_dir=pred_dir,
+    )
+    _print_metrics(metrics, f"{args.checkpoint} on {split}")
+    if args.out:
+        write_json(args.out, metrics)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from weakseg.data.classes import ClassSet
+    from weakseg.engine.config import apply_overrides, from_dict, to_dict
+    from weakseg.engine.device import select_device
+    from weakseg.engine.predict import expand_inputs, predict_files
+    from weakseg.engine.recipe import Recipe
+    from weakseg.engine.trainer import load_model_from_checkpoint
+
+    device = select_device(args.device)
+    model, recipe, state = load_model_from_checkpoint(args.checkpoint, device)
+    recipe = from_dict(Recipe, apply_overrides(to_dict(recipe), args.overrides))
+    paths = expand_inputs(args.inputs)
+    out = Path(args.out)
+    predict_files(model, paths, out, ClassSet.from_dict(state["class_set"]), recipe.eval, device, not args.quiet)
+    print(f"wrote {len(paths)} label maps and overlays to {out}")
+    return 0
+
+
+def cmd_derive_labels(args: argparse.Namespace) -> int:
+    from weakseg.data.dataset import SegmentationDataset, camvid_layout, voc_layout
+    from weakseg.data.formats import read_coco_boxes, read_voc_xml_boxes
+    from weakseg.data.simulate import LabelProtocol, derive_labels
+    from weakseg.engine.recipe import load_recipe
+
+    if args.recipe:
+        data = load_recipe(args.recipe, [f"data.root={args.root}"] if args.root else []).data
+    elif args.root:
+        data = {"voc": voc_layout, "camvid": camvid_layout}[args.layout](args.root)
+    else:
+        raise WeakSegError("derive-labels needs a dataset root (or --recipe)")
+    dataset = SegmentationDataset(data, args.split, kinds=("mask",), required=("mask",))
+    given = None
+    if args.boxes:
+        path = Path(args.boxes)
+        given = read_voc_xml_boxes(path, dataset.class_set.names) if path.is_dir() else read_coco_boxes(path)
+    protocol = LabelProtocol(
+        seed=args.seed,
+        min_component_area=args.min_area,
+        points_mode=args.points_mode,
+        background_points=args.background_points,
+        scribble_length_fraction=args.length_fraction,
+        scribble_width=args.scribble_width,
+        include_background=not args.no_background,
+    )
+    summary = derive_labels(
+        dataset.masks(), dataset.class_set, args.out, args.kinds, protocol, given, progress=not args.quiet
+    )
+    print(protocol.describe(args.kinds, given_boxes=given is not None))
+    for kind in args.kinds:
+        info = summary[kind]
+        if "labelled_pixel_fraction" in info:
+            print(f"{kind}: labelled-pixel density {info['labelled_pixel_fraction']:.5f}")
+        print(f"{kind}: {json.dumps(info)}")
+    print(f"wrote {', '.join(args.kinds)} for {summary['images']} images to {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from weakseg.demo import run_demo
+
+    run_demo(Path(args.out), steps=args.steps, progress=not args.quiet)
+    return 0
+
+
+def _print_metrics(metrics: dict, title: str) -> None:
+    if not metrics:
+        return
+    from weakseg.engine.metrics import format_table
+
+    print(title)
+    print(format_table([metrics], ["miou", "pixel_accuracy", "boundary_f", "jf"]))
+    names = metrics.get("class_names")
+    if names:
+        rows = [{"class": n, "iou": v} for n, v in zip(names, metrics["per_class_iou"], strict=True)]
+        print(format_table(rows, ["class", "iou"]))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="weakseg", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"weakseg {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show stack traces of user errors too")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
+
+    p = sub.add_parser("train", help="train a model from a recipe")
+    p.add_argument("recipe", help="a recipe file or a built-in recipe name")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=200 data.root=DIR")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt if it exists")
+    common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a split with masks")
+    p.add_argument("checkpoint")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the checkpoint's recipe")
+    p.add_argument("--split", help="split to evaluate (default: the recipe's val split)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="write the metrics as JSON here")
+    p.add_argument("--save-predictions", metavar="DIR", help="write palette PNG predictions here")
+    common(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="write palette PNGs and overlays for images")
+    p.add_argument("checkpoint")
+    p.add_argument("inputs", nargs="+", help="image files, folders, or .txt lists of image paths")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the checkpoint's recipe, e.g. --set eval.flip=true",
+    )
+    p.add_argument("--device", default="auto")
+    common(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("derive-labels", help="simulate weak labels from full masks")
+    p.add_argument("root", nargs="?", help="dataset root")
+    p.add_argument("--layout", choices=("voc", "camvid"), default="voc", help="folder layout of ROOT")
+    p.add_argument("--recipe", help="take the data layout from this recipe instead")
+    p.add_argument("--split", default="train")
+    p.add_argument(
+        "--kinds",
+        nargs="+",
+        default=["tags", "boxes", "points", "scribbles"],
+        choices=("tags", "boxes", "points", "scribbles"),
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--points-mode", choices=("component", "box-centres"), default="component")
+    p.add_argument("--background-points", type=int, default=None)
+    p.add_argument("--boxes", help="use these boxes (COCO JSON or VOC XML folder) instead of deriving them")
+    p.add_argument("--length-fraction", type=float, default=0.5, help="scribble length / skeleton length")
+    p.add_argument("--scribble-width", type=int, default=3)
+    p.add_argument("--min-area", type=int, default=16)
+    p.add_argument("--no-background", action="store_true", help="no points/scribbles on background")
+    common(p)
+    p.set_defaults(func=cmd_derive_labels)
+
+    p = sub.add_parser("demo", help="train full and pCE on generated data and report")
+    p.add_argument("--out", default="weakseg-demo", help="output folder")
+    p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the demo's)")
+    common(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.quiet)
+    try:
+        return args.func(args)
+    except WeakSegError as exc:
+        if args.debug:
+            raise
+        print(f"weakseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("weakseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

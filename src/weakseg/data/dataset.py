@@ -1,0 +1,307 @@
+"""Datasets on disk: a folder of images, a split list, optional full masks and any subset of weak labels.
+
+Records are validated once, when the dataset is built (every image and label map decoded, every point, box and
+tag checked against its image and the class set), so a training run never dies half-way on a bad file. With
+``skip_bad`` the bad records are dropped and summarised instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from weakseg.data import formats
+from weakseg.data.classes import ClassSet, get_class_set
+from weakseg.data.sample import LABEL_KINDS, Sample, check_image_id, clip_boxes
+from weakseg.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+LABEL_FILES = {"tags": "tags.json", "boxes": "boxes_coco.json", "points": "points.json", "scribbles": "scribbles"}
+
+
+@dataclass
+class DataConfig:
+    """Where a dataset lives. Paths are relative to ``root``; ``{split}`` in a path is replaced by the split."""
+
+    root: str = ""
+    classes: str = "voc"  # a built-in class set (voc, camvid) or a YAML/JSON file with names and palette
+    images: str = "JPEGImages"
+    masks: str | None = "SegmentationClass"
+    split_file: str | None = "ImageSets/Segmentation/{split}.txt"  # null: every image of the folder
+    train_split: str = "train"
+    val_split: str = "val"
+    labels: str | None = None  # a `weakseg derive-labels` output folder; fills the four entries below
+    tags: str | None = None  # JSON {image_id: [class ids]}
+    boxes: str | None = None  # COCO JSON file, or a folder of VOC XML files
+    points: str | None = None  # JSON {image_id: [[x, y, class_id], ...]}
+    scribbles: str | None = None  # folder of PNG label maps, 255 = unlabelled
+    skip_bad: bool = False
+    validate: bool = True
+    num_workers: int = 2
+
+    def path(self, value: str | None, split: str) -> Path | None:
+        if value is None:
+            return None
+        p = Path(value.format(split=split))
+        return p if p.is_absolute() else Path(self.root) / p
+
+    def label_path(self, kind: str, split: str) -> Path | None:
+        """The file (or folder) of weak labels of ``kind``: explicit entry first, else the ``labels`` folder."""
+        explicit = getattr(self, kind)
+        if explicit is not None:
+            return self.path(explicit, split)
+        if self.labels is not None:
+            candidate = self.path(self.labels, split) / LABEL_FILES[kind]
+            if candidate.exists():
+                return candidate
+        return None
+
+
+def voc_layout(root: str | Path, **overrides) -> DataConfig:
+    """The PASCAL VOC layout (JPEGImages, SegmentationClass, ImageSets/Segmentation, image_labels.json, boxes)."""
+    cfg = DataConfig(root=str(root), classes="voc")
+    root = Path(root)
+    if (root / "image_labels.json").is_file():
+        cfg.tags = "image_labels.json"
+    if (root / "boxes_coco.json").is_file():
+        cfg.boxes = "boxes_coco.json"
+    elif (root / "Annotations").is_dir():
+        cfg.boxes = "Annotations"
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def camvid_layout(root: str | Path, **overrides) -> DataConfig:
+    """The SegNet CamVid layout (images/{split}, labels/{split}, {split}.txt)."""
+    cfg = DataConfig(
+        root=str(root), classes="camvid", images="images/{split}", masks="labels/{split}", split_file="{split}.txt"
+    )
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def resolve_class_set(cfg: DataConfig, split: str = "train") -> ClassSet:
+    """The class set of ``cfg``: a built-in name, or a file (relative to the data root, or absolute)."""
+    local = cfg.path(cfg.classes, split)
+    return get_class_set(str(local) if local is not None and local.is_file() else cfg.classes)
+
+
+@dataclass
+class Record:
+    image_id: str
+    image_path: Path
+    mask_path: Path | None = None
+    scribble_path: Path | None = None
+    tags: np.ndarray | None = None
+    boxes: np.ndarray | None = None
+    points: np.ndarray | None = None
+    size: tuple[int, int] | None = None  # (height, width), known after validation
+    extra: dict = field(default_factory=dict)
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """One split of a dataset, yielding :class:`Sample` records with the requested label kinds.
+
+    ``kinds`` lists what to load: ``"mask"`` and any of ``tags, boxes, points, scribbles``. ``required`` lists the
+    kinds every record must have (``"any-weak"``: at least one of the requested weak kinds, for mixed supervision).
+    """
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        split: str,
+        kinds: Sequence[str] = ("mask",),
+        required: Sequence[str] = (),
+        class_set: ClassSet | None = None,
+    ) -> None:
+        unknown = set(kinds) - {"mask", *LABEL_KINDS}
+        if unknown:
+            raise ValueError(f"unknown label kinds {sorted(unknown)}")
+        self.cfg, self.split, self.kinds = cfg, split, tuple(kinds)
+        self.class_set = class_set or resolve_class_set(cfg, split)
+        self.skipped: list[str] = []
+        self.records = self._discover(required)
+        if cfg.validate:
+            self._validate()
+        if not self.records:
+            raise DataError(cfg.path(cfg.images, split), f"no usable images in split '{split}'")
+
+    def _discover(self, required: Sequence[str]) -> list[Record]:
+        cfg, split = self.cfg, self.split
+        image_dir = cfg.path(cfg.images, split)
+        if image_dir is None or not image_dir.is_dir():
+            raise DataError(image_dir, "image folder not found")
+        by_stem = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+        split_path = cfg.path(cfg.split_file, split)
+        if split_path is None:
+            ids = sorted(by_stem)
+        else:
+            if not split_path.is_file():
+                raise DataError(split_path, f"split list for '{split}' not found")
+            ids = formats.read_split_list(split_path)
+        labels = {kind: self._read_weak(kind) for kind in LABEL_KINDS if kind in self.kinds and kind != "scribbles"}
+        mask_dir = cfg.path(cfg.masks, split) if "mask" in self.kinds else None
+        if "mask" in self.kinds and (mask_dir is None or not mask_dir.is_dir()):
+            raise DataError(mask_dir, "mask folder not found")
+        scribble_dir = cfg.label_path("scribbles", split) if "scribbles" in self.kinds else None
+        if "scribbles" in self.kinds and (scribble_dir is None or not scribble_dir.is_dir()):
+            raise DataError(scribble_dir or cfg.labels, "scribble folder not found (set data.scribbles or data.labels)")
+        records = []
+        for image_id in ids:
+            check_image_id(image_id, split_path)
+            if image_id not in by_stem:
+                raise DataError(split_path or image_dir, f"image '{image_id}' listed but not found in {image_dir}")
+            rec = Record(image_id, by_stem[image_id])
+            if mask_dir is not None:
+                rec.mask_path = mask_dir / f"{image_id}.png"
+            if scribble_dir is not None and (scribble_dir / f"{image_id}.png").is_file():
+                rec.scribble_path = scribble_dir / f"{image_id}.png"
+            for kind, table in labels.items():
+                setattr(rec, kind, table.get(image_id))
+            records.append(rec)
+        return self._require(records, required)
+
+    def _read_weak(self, kind: str) -> dict[str, np.ndarray]:
+        path = self.cfg.label_path(kind, self.split)
+        if path is None:
+            raise DataError(None, f"no {kind} file for split '{self.split}': set data.{kind} or data.labels")
+        if kind == "tags":
+            return formats.read_tags_json(path)
+        if kind == "points":
+            return formats.read_points_json(path)
+        if path.is_dir():
+            return formats.read_voc_xml_boxes(path, self.class_set.names)
+        return formats.read_coco_boxes(path)
+
+    def _require(self, records: list[Record], required: Sequence[str]) -> list[Record]:
+        kept = []
+        for rec in records:
+            has = {
+                "mask": rec.mask_path is not None,
+                "tags": rec.tags is not None and (len(rec.tags) > 0 or self.class_set.background is not None),
+                "boxes": rec.boxes is not None,
+                "points": rec.points is not None and len(rec.points) > 0,
+                "scribbles": rec.scribble_path is not None,
+            }
+            weak = [k for k in LABEL_KINDS if k in self.kinds]
+            missing = [k for k in required if k != "any-weak" and not has[k]]
+            if "any-weak" in required and not any(has[k] for k in weak):
+                missing.append("any of " + "/".join(weak))
+            if missing:
+                problem = f"image '{rec.image_id}' has no {', '.join(missing)} labels"
+                if not self.cfg.skip_bad:
+                    raise DataError(self.cfg.path(self.cfg.images, self.split), problem)
+                self.skipped.append(problem)
+                continue
+            kept.append(rec)
+        return kept
+
+    def _validate(self) -> None:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(self._check_record, self.records))
+        good, bad = [], self.skipped
+        for rec, error in zip(self.records, results, strict=True):
+            if error is None:
+                good.append(rec)
+            elif self.cfg.skip_bad:
+                bad.append(str(error))
+            else:
+                raise error
+        if bad:
+            log.warning("skipped %d bad sample(s) of split '%s':\n  %s", len(bad), self.split, "\n  ".join(bad))
+        self.records = good
+
+    def _check_record(self, rec: Record) -> DataError | None:
+        try:
+            self._load(rec)
+        except DataError as exc:
+            return exc
+        return None
+
+    def _load(self, rec: Record) -> Sample:
+        image = formats.read_image(rec.image_path)
+        height, width = image.shape[:2]
+        k, palette = self.class_set.num_classes, self.class_set.palette_array()
+        mask = scribble = None
+        if rec.mask_path is not None:
+            mask = formats.read_label_map(rec.mask_path, num_classes=k, size=(height, width), palette=palette)
+        if rec.scribble_path is not None:
+            scribble = formats.read_label_map(rec.scribble_path, num_classes=k, size=(height, width), palette=palette)
+        source = f"image {rec.image_id}"
+        if rec.tags is not None:
+            formats.validate_tags(rec.tags, k, source)
+        boxes = None
+        if rec.boxes is not None:
+            formats.validate_boxes(rec.boxes, height, width, k, source)
+            boxes = clip_boxes(rec.boxes, height, width)
+        if rec.points is not None:
+            formats.validate_points(rec.points, height, width, k, source)
+        rec.size = (height, width)
+        return Sample(
+            image_id=rec.image_id,
+            image=image,
+            mask=mask,
+            tags=rec.tags,
+            boxes=boxes,
+            points=rec.points,
+            scribble=scribble,
+            meta={"path": str(rec.image_path)},
+        )
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self._load(self.records[index])
+
+    def masks(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(image_id, full mask) for every record, reading nothing else."""
+        k, palette = self.class_set.num_classes, self.class_set.palette_array()
+        for rec in self.records:
+            if rec.mask_path is None:
+                raise DataError(rec.image_path, "no mask loaded for this image (kinds lacks 'mask')")
+            yield rec.image_id, formats.read_label_map(rec.mask_path, num_classes=k, palette=palette)
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        rec = self.records[index]
+        if rec.size is None:
+            with Image.open(rec.image_path) as im:
+                rec.size = (im.height, im.width)
+        return rec.size
+
+    def labelled_pixel_fraction(self, kind: str) -> float:
+        """Fraction of image pixels carrying a label of ``kind`` (points count one pixel each)."""
+        labelled = total = 0
+        for i, rec in enumerate(self.records):
+            h, w = self.image_size(i)
+            total += h * w
+            if kind == "points" and rec.points is not None:
+                labelled += len(rec.points)
+            elif kind == "scribbles" and rec.scribble_path is not None:
+                labelled += int((formats.read_label_map(rec.scribble_path) != self.class_set.ignore_index).sum())
+            elif kind in ("full", "mask") and rec.mask_path is not None:
+                labelled += int((formats.read_label_map(rec.mask_path) != self.class_set.ignore_index).sum())
+        return labelled / max(total, 1)
+
+
+def voc(root: str | Path, split: str = "train", kinds: Sequence[str] = ("mask",), **overrides) -> SegmentationDataset:
+    """One line to load a VOC-layout dataset, e.g. ``voc("../shared/data/voc454", "val")``."""
+    return SegmentationDataset(voc_layout(root, **overrides), split, kinds)
+
+
+def camvid(
+    root: str | Path, split: str = "train", kinds: Sequence[str] = ("mask",), **overrides
+) -> SegmentationDataset:
+    """One line to load the SegNet CamVid layout, e.g. ``camvid("../shared/data/camvid", "train")``."""
+    return SegmentationDataset(camvid_layout(root, **overrides), split, kinds)

@@ -1,0 +1,518 @@
+"""Readers and writers of the standard weak-label formats, and validators of their contents.
+
+Every reader raises :class:`~weakseg.errors.DataError` naming the file and the problem for anything a user
+can get wrong (missing file, unreadable image, malformed JSON/XML, wrong structure, bad class id).
+Coordinates follow the conventions of :mod:`weakseg.data.sample`. Every writer is atomic (temporary file in
+the same folder, then ``os.replace``) and creates missing parent folders; JSON is UTF-8 with sorted keys.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+import xml.etree.ElementTree as ET
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from PIL import Image
+
+from weakseg.data.sample import clip_boxes, empty_boxes, empty_points
+from weakseg.errors import DataError
+
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+_SINGLE_CHANNEL_MODES = {"L", "P", "I", "I;16", "I;16L", "I;16B"}
+_UNSAFE_XML = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write a file through ``write(fileobj)`` into a temporary sibling, then move it into place."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise DataError(path, f"cannot write: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise DataError(path, f"cannot write: {exc.strerror or exc}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as UTF-8 JSON with sorted keys, atomically."""
+    data = (json.dumps(obj, sort_keys=True, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def _require_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "file not found")
+    if not path.is_file():
+        raise DataError(path, "not a regular file")
+    return path
+
+
+def _read_json(path: str | Path) -> Any:
+    path = _require_file(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DataError(path, "not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except OSError as exc:
+        raise DataError(path, f"cannot read: {exc.strerror or exc}") from None
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float, or None when it is not a finite JSON number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _class_id(value: Any, path: str | Path, where: str) -> int:
+    """An integral, non-negative class id (``3`` or ``3.0``) or a DataError."""
+    number = _number(value)
+    if number is None or not number.is_integer():
+        raise DataError(path, f"{where}: class id {value!r} is not an integer")
+    if number < 0:
+        raise DataError(path, f"{where}: class id {int(number)} is negative")
+    return int(number)
+
+
+def _json_number(value: float) -> int | float:
+    """An int when the value is integral, so files read ``12`` rather than ``12.0``."""
+    value = float(value)
+    return int(value) if value.is_integer() else value
+
+
+def _expect_mapping(obj: Any, path: str | Path, what: str) -> dict:
+    if not isinstance(obj, dict):
+        raise DataError(path, f"expected a JSON object {what}, got {type(obj).__name__}")
+    return obj
+
+
+def _open_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image (so truncated files fail here), or raise DataError."""
+    path = _require_file(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.copy()
+    except Image.UnidentifiedImageError:
+        raise DataError(path, "not a recognised image file") from None
+    except Image.DecompressionBombError:
+        raise DataError(path, "image is too large (decompression bomb check)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as exc:
+        raise DataError(path, f"unreadable image: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------- images, masks
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image as H×W×3 uint8 RGB (raw pixels: EXIF orientation is not applied)."""
+    img = _open_image(path)
+    try:
+        rgb = img if img.mode == "RGB" else img.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise DataError(path, f"cannot convert {img.mode} image to RGB: {exc}") from None
+    return np.array(rgb, dtype=np.uint8)
+
+
+def _rgb_to_index(rgb: np.ndarray, palette: np.ndarray, path: str | Path) -> np.ndarray:
+    """Map each RGB colour to the first palette index with that colour."""
+    pal = np.asarray(palette, dtype=np.int64).reshape(-1, 3)
+    pal_codes = (pal[:, 0] << 16) | (pal[:, 1] << 8) | pal[:, 2]
+    codes, first = np.unique(pal_codes, return_index=True)
+    rgb = rgb.astype(np.int64)
+    pix = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    pos = np.clip(np.searchsorted(codes, pix), 0, len(codes) - 1)
+    unknown = codes[pos] != pix
+    if unknown.any():
+        r, c = np.argwhere(unknown)[0]
+        colour = tuple(int(v) for v in rgb[r, c])
+        count = int(unknown.sum())
+        raise DataError(path, f"colour {colour} at (x={c}, y={r}) is not in the palette ({count} pixels)")
+    return first[pos].astype(np.uint8)
+
+
+def read_label_map(
+    path: str | Path,
+    *,
+    num_classes: int | None = None,
+    size: tuple[int, int] | None = None,
+    palette: np.ndarray | None = None,
+    ignore_index: int = 255,
+) -> np.ndarray:
+    """A mask or scribble PNG as an H×W uint8 label map.
+
+    Single-channel (L, I, palette-index P) images are read as class ids directly; RGB(A) images are mapped
+    through ``palette`` (256×3). ``size`` is the expected (height, width); ids ≥ ``num_classes`` other than
+    ``ignore_index`` are an error.
+    """
+    img = _open_image(path)
+    if img.mode in ("LA", "PA"):
+        img = img.getchannel(0)
+    if img.mode in _SINGLE_CHANNEL_MODES:
+        arr = np.asarray(img)
+        if arr.dtype != np.uint8:
+            if arr.min() < 0 or arr.max() > 255:
+                raise DataError(path, f"label values {int(arr.min())}..{int(arr.max())} do not fit in 0..255")
+            arr = arr.astype(np.uint8)
+    elif img.mode in ("RGB", "RGBA"):
+        if palette is None:
+            raise DataError(path, f"{img.mode} mask needs a class palette to map colours to class ids")
+        arr = _rgb_to_index(np.asarray(img.convert("RGB")), palette, path)
+    else:
+        raise DataError(path, f"unsupported mask mode {img.mode} (use a single-channel, palette or RGB PNG)")
+    arr = np.array(arr, dtype=np.uint8)
+    if size is not None and arr.shape != tuple(size):
+        h, w = arr.shape
+        raise DataError(path, f"mask is {w}×{h} but its image is {size[1]}×{size[0]}")
+    if num_classes is not None:
+        values = np.unique(arr)
+        bad = values[(values >= num_classes) & (values != ignore_index)]
+        if bad.size:
+            ids = ", ".join(str(int(v)) for v in bad[:10])
+            raise DataError(path, f"class ids {ids} outside 0..{num_classes - 1} ({ignore_index} = ignore)")
+    return arr
+
+
+def write_label_png(path: str | Path, label: np.ndarray, palette: np.ndarray | None = None) -> None:
+    """Write an H×W label map as a palette PNG (when ``palette``, 256×3 uint8, is given) or a grey PNG."""
+    label = np.asarray(label)
+    if label.ndim != 2 or (label.size and (label.min() < 0 or label.max() > 255)):
+        raise ValueError(f"label map must be 2-D with values in 0..255, got shape {label.shape}")
+    arr = np.ascontiguousarray(label, dtype=np.uint8)
+    if palette is None:
+        img = Image.fromarray(arr)
+    else:
+        img = Image.frombytes("P", (arr.shape[1], arr.shape[0]), arr.tobytes())
+        img.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[:256].ravel().tolist())
+    _atomic_write(path, lambda f: img.save(f, format="PNG"))
+
+
+# ----------------------------------------------------------------------------------------- lists, tags
+
+
+def read_split_list(path: str | Path) -> list[str]:
+    """Image ids, one per line; blank lines and ``#`` comments skipped.
+
+    A line ``JPEGImages/x.jpg SegmentationClass/x.png`` (or a bare file name) gives the stem ``x``.
+    """
+    path = _require_file(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DataError(path, "not UTF-8 text") from None
+    except OSError as exc:
+        raise DataError(path, f"cannot read: {exc.strerror or exc}") from None
+    ids: list[str] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        token = line.split()[0]
+        if "/" in token or "\\" in token or Path(token).suffix.lower() in _IMAGE_SUFFIXES:
+            token = Path(token.replace("\\", "/")).stem
+        if token in seen:
+            raise DataError(path, f"image id {token!r} listed twice (lines {seen[token]} and {lineno})")
+        seen[token] = lineno
+        ids.append(token)
+    if not ids:
+        raise DataError(path, "lists no image ids")
+    return ids
+
+
+def read_tags_json(path: str | Path) -> dict[str, np.ndarray]:
+    """``{image_id: [class ids]}`` as sorted unique int64 arrays."""
+    data = _expect_mapping(_read_json(path), path, "{image_id: [class ids]}")
+    tags = {}
+    for image_id, ids in data.items():
+        if not isinstance(ids, list):
+            raise DataError(path, f"image {image_id}: expected a list of class ids, got {type(ids).__name__}")
+        values = [_class_id(v, path, f"image {image_id}") for v in ids]
+        tags[image_id] = np.unique(np.asarray(values, dtype=np.int64))
+    return tags
+
+
+def write_tags_json(path: str | Path, tags: Mapping[str, Sequence[int]]) -> None:
+    """Write ``{image_id: [class ids]}`` (sorted, unique)."""
+    write_json(path, {k: sorted({int(v) for v in ids}) for k, ids in tags.items()})
+
+
+# ----------------------------------------------------------------------------------------------- boxes
+
+
+def read_coco_boxes(path: str | Path, *, include_ignored: bool = True) -> dict[str, np.ndarray]:
+    """COCO boxes as ``{file_name stem: N×5 float32 [x0, y0, x1, y1, class_id]}``.
+
+    ``category_id`` is the class id (VOC convention 1..20). Images without annotations map to an empty array;
+    ``include_ignored=False`` drops annotations flagged ``ignore`` or ``iscrowd``.
+    """
+    data = _expect_mapping(_read_json(path), path, "with 'images' and 'annotations'")
+    images, annotations = data.get("images"), data.get("annotations")
+    if not isinstance(images, list) or not isinstance(annotations, list):
+        raise DataError(path, "COCO file needs 'images' and 'annotations' lists")
+    stems: dict[Any, str] = {}
+    rows: dict[str, list[list[float]]] = {}
+    for i, image in enumerate(images):
+        if not isinstance(image, dict) or "id" not in image or not isinstance(image.get("file_name"), str):
+            raise DataError(path, f"images[{i}] needs an 'id' and a 'file_name'")
+        stem = Path(image["file_name"].replace("\\", "/")).stem
+        if image["id"] in stems or stem in rows:
+            raise DataError(path, f"images[{i}]: duplicate image id {image['id']!r} or file name {stem!r}")
+        stems[image["id"]] = stem
+        rows[stem] = []
+    for i, ann in enumerate(annotations):
+        where = f"annotations[{i}]"
+        if not isinstance(ann, dict) or not {"image_id", "category_id", "bbox"} <= ann.keys():
+            raise DataError(path, f"{where} needs 'image_id', 'category_id' and 'bbox'")
+        if ann["image_id"] not in stems:
+            raise DataError(path, f"{where} refers to unknown image_id {ann['image_id']!r}")
+        bbox = ann["bbox"]
+        xywh = [_number(v) for v in bbox] if isinstance(bbox, list) and len(bbox) == 4 else [None]
+        if any(v is None for v in xywh):
+            raise DataError(path, f"{where}: bbox {bbox!r} is not a list of 4 finite numbers [x, y, w, h]")
+        class_id = _class_id(ann["category_id"], path, where)
+        if not include_ignored and (ann.get("ignore") or ann.get("iscrowd")):
+            continue
+        x, y, w, h = xywh
+        rows[stems[ann["image_id"]]].append([x, y, x + w, y + h, class_id])
+    return {k: np.asarray(v, dtype=np.float32).reshape(-1, 5) for k, v in rows.items()}
+
+
+def write_coco_boxes(
+    path: str | Path,
+    boxes: Mapping[str, np.ndarray],
+    sizes: Mapping[str, tuple[int, int]],
+    class_names: Sequence[str],
+) -> None:
+    """Write boxes as COCO JSON (the inverse of :func:`read_coco_boxes`); ``sizes`` holds (height, width).
+
+    Every class index is written as a category (``id`` = index), so ids read back unchanged.
+    """
+    images, annotations = [], []
+    for num, image_id in enumerate(sorted(boxes), 1):
+        if image_id not in sizes:
+            raise ValueError(f"no image size given for {image_id!r}")
+        height, width = sizes[image_id]
+        images.append({"id": num, "file_name": f"{image_id}.jpg", "width": int(width), "height": int(height)})
+        for x0, y0, x1, y1, cls in np.asarray(boxes[image_id], dtype=np.float64).reshape(-1, 5):
+            bbox = [_json_number(x0), _json_number(y0), _json_number(x1 - x0), _json_number(y1 - y0)]
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": num,
+                    "category_id": int(cls),
+                    "bbox": bbox,
+                    "area": _json_number((x1 - x0) * (y1 - y0)),
+                    "iscrowd": 0,
+                    "ignore": 0,
+                }
+            )
+    categories = [{"id": i, "name": str(n), "supercategory": "none"} for i, n in enumerate(class_names)]
+    write_json(path, {"images": images, "annotations": annotations, "categories": categories})
+
+
+def _xml_text(element: ET.Element, tag: str) -> str | None:
+    child = element.find(tag)
+    return None if child is None or child.text is None else child.text.strip()
+
+
+def _read_voc_xml(path: Path, class_ids: Mapping[str, int], include_difficult: bool) -> tuple[str, np.ndarray]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(path, f"cannot read: {exc.strerror or exc}") from None
+    if _UNSAFE_XML.search(raw):
+        raise DataError(path, "DOCTYPE/ENTITY declarations are not allowed in annotation XML")
+    try:
+        root = ET.fromstring(raw)
+    except ET.ParseError as exc:
+        raise DataError(path, f"malformed XML: {exc}") from None
+    if root.tag != "annotation":
+        raise DataError(path, f"root element is <{root.tag}>, expected a VOC <annotation>")
+    filename = _xml_text(root, "filename")
+    image_id = Path(filename.replace("\\", "/")).stem if filename else path.stem
+    rows = []
+    for i, obj in enumerate(root.iter("object")):
+        name = _xml_text(obj, "name")
+        if name not in class_ids:
+            raise DataError(path, f"object {i}: unknown class name {name!r}")
+        difficult = _xml_text(obj, "difficult")
+        if not include_difficult and difficult not in (None, "", "0"):
+            continue
+        bndbox = obj.find("bndbox")
+        coords = [None if bndbox is None else _xml_text(bndbox, t) for t in ("xmin", "ymin", "xmax", "ymax")]
+        try:
+            xmin, ymin, xmax, ymax = (float(v) for v in coords)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise DataError(path, f"object {i} ({name}): bndbox needs numeric xmin ymin xmax ymax") from None
+        rows.append([xmin - 1, ymin - 1, xmax, ymax, class_ids[name]])
+    return image_id, np.asarray(rows, dtype=np.float32).reshape(-1, 5)
+
+
+def read_voc_xml_boxes(
+    path: str | Path, class_names: Sequence[str], *, include_difficult: bool = True
+) -> dict[str, np.ndarray]:
+    """VOC XML boxes from a folder of ``*.xml`` (or one file) as ``{image_id: N×5 float32}``.
+
+    VOC corners are 1-based inclusive pixels, so ``x0 = xmin − 1`` and ``x1 = xmax`` (continuous coordinates).
+    """
+    path = Path(path)
+    if path.is_dir():
+        if (path / "Annotations").is_dir():
+            path = path / "Annotations"
+        files = sorted(path.glob("*.xml"))
+        if not files:
+            raise DataError(path, "folder holds no .xml annotation files")
+    else:
+        files = [_require_file(path)]
+    class_ids = {str(n): i for i, n in enumerate(class_names)}
+    result: dict[str, np.ndarray] = {}
+    for file in files:
+        image_id, rows = _read_voc_xml(file, class_ids, include_difficult)
+        if image_id in result:
+            raise DataError(file, f"image {image_id} is annotated by more than one XML file")
+        result[image_id] = rows
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- points
+
+
+def read_points_json(path: str | Path) -> dict[str, np.ndarray]:
+    """``{image_id: [[x, y, class_id], ...]}`` as N×3 float32 arrays."""
+    data = _expect_mapping(_read_json(path), path, "{image_id: [[x, y, class_id], ...]}")
+    points = {}
+    for image_id, entries in data.items():
+        if not isinstance(entries, list):
+            raise DataError(path, f"image {image_id}: expected a list of [x, y, class_id]")
+        rows = []
+        for j, entry in enumerate(entries):
+            xy = [_number(v) for v in entry[:2]] if isinstance(entry, list) and len(entry) == 3 else [None]
+            if any(v is None for v in xy):
+                raise DataError(path, f"image {image_id}: point {j} {entry!r} is not [x, y, class_id]")
+            rows.append([*xy, _class_id(entry[2], path, f"image {image_id}, point {j}")])
+        points[image_id] = np.asarray(rows, dtype=np.float32).reshape(-1, 3)
+    return points
+
+
+def write_points_json(path: str | Path, points: Mapping[str, np.ndarray]) -> None:
+    """Write ``{image_id: [[x, y, class_id], ...]}`` (coordinates as ints when integral)."""
+    out = {}
+    for image_id, pts in points.items():
+        arr = np.asarray(pts, dtype=np.float64).reshape(-1, 3)
+        out[image_id] = [[_json_number(x), _json_number(y), int(c)] for x, y, c in arr]
+    write_json(path, out)
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def _prefix(image_id: str | None) -> str:
+    return f"image {image_id}: " if image_id is not None else ""
+
+
+def _check_class_ids(ids: np.ndarray, num_classes: int, source: str | Path, image_id: str | None) -> None:
+    ids = np.asarray(ids, dtype=np.float64)
+    bad = ids[(ids != np.round(ids)) | (ids < 0) | (ids >= num_classes)]
+    if bad.size:
+        raise DataError(source, f"{_prefix(image_id)}class id {bad[0]:g} outside 0..{num_classes - 1}")
+
+
+def validate_points(
+    points: np.ndarray,
+    height: int,
+    width: int,
+    num_classes: int,
+    source: str | Path,
+    *,
+    image_id: str | None = None,
+) -> np.ndarray:
+    """Check N×3 points (0 ≤ x ≤ W−1, 0 ≤ y ≤ H−1, integral ids in range); return a float32 copy."""
+    pts = np.asarray(points, dtype=np.float32)
+    if pts.size == 0:
+        return empty_points()
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise DataError(source, f"{_prefix(image_id)}points must be N×3 [x, y, class_id], got {pts.shape}")
+    if not np.isfinite(pts).all():
+        raise DataError(source, f"{_prefix(image_id)}points hold non-finite values")
+    x, y = pts[:, 0], pts[:, 1]
+    outside = (x < 0) | (x > width - 1) | (y < 0) | (y > height - 1)
+    if outside.any():
+        px, py = pts[np.argmax(outside), :2]
+        raise DataError(
+            source, f"{_prefix(image_id)}point ({px:.1f}, {py:.1f}) lies outside the {width}×{height} image"
+        )
+    _check_class_ids(pts[:, 2], num_classes, source, image_id)
+    return pts.copy()
+
+
+def validate_boxes(
+    boxes: np.ndarray,
+    height: int,
+    width: int,
+    num_classes: int,
+    source: str | Path,
+    *,
+    image_id: str | None = None,
+) -> np.ndarray:
+    """Check N×5 boxes and return them clipped to the image (overshoot of up to 1 px is tolerated)."""
+    arr = np.asarray(boxes, dtype=np.float32)
+    if arr.size == 0:
+        return empty_boxes()
+    if arr.ndim != 2 or arr.shape[1] != 5:
+        raise DataError(source, f"{_prefix(image_id)}boxes must be N×5 [x0, y0, x1, y1, c], got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise DataError(source, f"{_prefix(image_id)}boxes hold non-finite values")
+
+    def show(i: int) -> str:
+        return "[" + ", ".join(f"{v:g}" for v in arr[i, :4]) + "]"
+
+    empty = (arr[:, 2] <= arr[:, 0]) | (arr[:, 3] <= arr[:, 1])
+    if empty.any():
+        raise DataError(source, f"{_prefix(image_id)}box {show(int(np.argmax(empty)))} has no area")
+    over = (arr[:, 0] < -1) | (arr[:, 1] < -1) | (arr[:, 2] > width + 1) | (arr[:, 3] > height + 1)
+    if over.any():
+        box = show(int(np.argmax(over)))
+        raise DataError(source, f"{_prefix(image_id)}box {box} lies outside the {width}×{height} image")
+    _check_class_ids(arr[:, 4], num_classes, source, image_id)
+    clipped = clip_boxes(arr, height, width)
+    empty = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
+    if empty.any():
+        box = show(int(np.argmax(empty)))
+        raise DataError(source, f"{_prefix(image_id)}box {box} has no area inside the image")
+    return clipped
+
+
+def validate_tags(
+    tags: np.ndarray | Sequence[int], num_classes: int, source: str | Path, *, image_id: str | None = None
+) -> np.ndarray:
+    """Check class ids are integers in 0..num_classes−1; sorted unique int64 array."""
+    ids = np.asarray(tags, dtype=np.float64).reshape(-1)
+    if not np.isfinite(ids).all():
+        raise DataError(source, f"{_prefix(image_id)}tags hold non-finite values")
+    _check_class_ids(ids, num_classes, source, image_id)
+    return np.unique(ids.astype(np.int64))

@@ -1,0 +1,86 @@
+"""One training/evaluation record: an image, an optional full mask and any subset of weak labels.
+
+Coordinate conventions, shared by every reader, simulator and transform:
+
+* ``points``: float32 array N×3 of ``[x, y, class_id]``; ``x`` is the column and ``y`` the row of the pixel
+  *centre* (pixel (r, c) has centre (x=c, y=r)); valid points satisfy 0 ≤ x ≤ W−1 and 0 ≤ y ≤ H−1.
+* ``boxes``: float32 array N×5 of ``[x0, y0, x1, y1, class_id]`` in continuous coordinates where pixel column c
+  spans [c, c+1): a COCO ``[x, y, w, h]`` box is ``[x, y, x+w, y+h]``. Valid boxes have x1 > x0, y1 > y0 and lie in
+  [0, W]×[0, H].
+* ``mask`` and ``scribble``: H×W uint8 label maps, 255 = ignore / unlabelled.
+* ``tags``: sorted int64 array of the class ids present (for sets with a background class, background is implied
+  and not listed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from weakseg.errors import DataError
+
+LABEL_KINDS = ("tags", "boxes", "points", "scribbles")
+
+
+@dataclass
+class Sample:
+    image_id: str
+    image: np.ndarray  # H×W×3 uint8 RGB
+    mask: np.ndarray | None = None
+    tags: np.ndarray | None = None
+    boxes: np.ndarray | None = None
+    points: np.ndarray | None = None
+    scribble: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the image."""
+        return int(self.image.shape[0]), int(self.image.shape[1])
+
+    def weak_kinds(self) -> tuple[str, ...]:
+        """The weak-label kinds this sample carries, in ``LABEL_KINDS`` order."""
+        present = {
+            "tags": self.tags is not None,
+            "boxes": self.boxes is not None,
+            "points": self.points is not None,
+            "scribbles": self.scribble is not None,
+        }
+        return tuple(k for k in LABEL_KINDS if present[k])
+
+    def replace(self, **changes) -> Sample:
+        return replace(self, **changes)
+
+
+def empty_points() -> np.ndarray:
+    return np.zeros((0, 3), dtype=np.float32)
+
+
+def empty_boxes() -> np.ndarray:
+    return np.zeros((0, 5), dtype=np.float32)
+
+
+def box_pixel_slices(box: np.ndarray, height: int, width: int) -> tuple[slice, slice]:
+    """Rows and columns of the pixels whose centres lie inside a continuous box (at least one pixel)."""
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+    c0 = int(np.clip(np.floor(x0 + 0.5), 0, width - 1))
+    r0 = int(np.clip(np.floor(y0 + 0.5), 0, height - 1))
+    c1 = int(np.clip(np.ceil(x1 - 0.5), c0 + 1, width))
+    r1 = int(np.clip(np.ceil(y1 - 0.5), r0 + 1, height))
+    return slice(r0, r1), slice(c0, c1)
+
+
+def clip_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Boxes clipped to the [0, W]×[0, H] image rectangle (class ids untouched)."""
+    out = boxes.astype(np.float32, copy=True)
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, width)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, height)
+    return out
+
+
+def check_image_id(image_id: str, source: object = None) -> str:
+    """Reject image ids that could escape an output folder when used as file names."""
+    if not image_id or image_id in (".", "..") or any(c in image_id for c in "/\\\0") or image_id.startswith("."):
+        raise DataError(source, f"image id {image_id!r} is not a safe file name")
+    return image_id

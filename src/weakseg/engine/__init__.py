@@ -1,0 +1,1 @@
+"""Engine: recipes, trainer, checkpoints, evaluation and inference."""

@@ -1,0 +1,285 @@
+"""One trainer for every method: steps, schedule, checkpoints, exact resume, validation, NaN guard."""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from weakseg.data.dataset import SegmentationDataset, resolve_class_set
+from weakseg.data.formats import write_json
+from weakseg.data.loader import AugmentedDataset, StepSampler, collate
+from weakseg.data.transforms import JointTransform
+from weakseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from weakseg.engine.config import to_dict
+from weakseg.engine.device import amp_dtype, autocast, move_batch, normalize, select_device
+from weakseg.engine.evaluator import evaluate
+from weakseg.engine.recipe import Recipe
+from weakseg.errors import TrainingError
+from weakseg.methods import Method, build_method
+from weakseg.models import SegmentationModel, build_model
+
+log = logging.getLogger(__name__)
+
+# Recipe sections a resumed run must share with the checkpoint (the schedule may be extended).
+RESUME_INVARIANTS = ("method", "supervision", "method_args", "model", "data", "augment")
+
+
+def lr_factor(step: int, total: int, schedule: str, power: float, warmup: int) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up, then poly ((1 − t)^power), cosine or constant."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    t = min((step - warmup) / max(total - warmup, 1), 1.0)
+    if schedule == "poly":
+        return (1.0 - t) ** power
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    return 1.0
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before training starts when the output folder cannot be created or written to."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise TrainingError(f"{folder}: output folder is not writable ({exc.strerror or exc})") from None
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    step: int
+    metrics: dict
+    train_images_per_s: float
+    wall_s: float
+
+
+class Trainer:
+    """Builds data, model and method from a recipe and runs (or resumes) training."""
+
+    def __init__(self, recipe: Recipe, *, progress: bool = True) -> None:
+        self.recipe, self.progress = recipe, progress
+        self.out = Path(recipe.output_dir)
+        check_writable(self.out)
+        t = recipe.train
+        if t.num_threads:
+            torch.set_num_threads(t.num_threads)
+        self.device = select_device(t.device)
+        self.amp = amp_dtype(t.amp, self.device)
+        torch.manual_seed(t.seed)
+        self.class_set = resolve_class_set(recipe.data, recipe.data.train_split)
+        self.method: Method = build_method(recipe.method, recipe.method_args, recipe.supervision, self.class_set)
+        self.train_set = SegmentationDataset(
+            recipe.data,
+            recipe.data.train_split,
+            kinds=self.method.label_kinds(),
+            required=self.method.required_kinds(),
+            class_set=self.class_set,
+        )
+        self.val_set = self._val_set()
+        self.model: SegmentationModel = build_model(recipe.model, self.class_set.num_classes)
+        self.method.setup(self.model)
+        self.model.to(self.device)
+        self.optimizer = self._optimizer()
+        self.step = 0
+        self.best_score = -1.0
+        self.history: list[dict] = []
+
+    def _val_set(self) -> SegmentationDataset | None:
+        data = self.recipe.data
+        if not data.val_split or data.masks is None:
+            return None
+        return SegmentationDataset(data, data.val_split, kinds=("mask",), required=("mask",), class_set=self.class_set)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        t = self.recipe.train
+        backbone = list(self.model.backbone.parameters())
+        ids = {id(p) for p in backbone}
+        rest = [p for p in self.model.parameters() if id(p) not in ids]
+        groups = [
+            {"params": backbone, "lr_mult": t.backbone_lr_mult},
+            {"params": rest, "lr_mult": 1.0},
+        ]
+        if t.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+            "best_score": self.best_score,
+            "history": self.history,
+            "recipe": to_dict(self.recipe),
+            "class_set": self.class_set.to_dict(),
+        }
+
+    def save(self, name: str) -> None:
+        save_checkpoint(self.state(), self.out / name)
+
+    def resume(self, path: Path | None = None) -> bool:
+        """Restore from ``path`` (default: the output folder's ``last.pt``); False if there is none."""
+        path = path or self.out / "last.pt"
+        if not path.is_file():
+            return False
+        state = load_checkpoint(path)
+        saved, current = state["recipe"], to_dict(self.recipe)
+        changed = [k for k in RESUME_INVARIANTS if saved.get(k) != current.get(k)]
+        if changed:
+            raise TrainingError(f"{path}: cannot resume, the recipe's {', '.join(changed)} changed since it was saved")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        self.step, self.best_score, self.history = state["step"], state["best_score"], state["history"]
+        log.info("resumed from %s at step %d", path, self.step)
+        return True
+
+    # ------------------------------------------------------------------ training
+    def _loader(self) -> torch.utils.data.DataLoader:
+        t, data = self.recipe.train, self.recipe.data
+        dataset = AugmentedDataset(
+            self.train_set, JointTransform(self.recipe.augment), self.class_set.num_classes, t.seed
+        )
+        sampler = StepSampler(len(self.train_set), t.batch_size, t.steps, t.seed, start_step=self.step)
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=data.num_workers,
+            collate_fn=collate,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=_single_thread_worker,
+            generator=torch.Generator().manual_seed(t.seed),
+            persistent_workers=False,
+            prefetch_factor=4 if data.num_workers > 0 else None,
+        )
+
+    def _set_lr(self) -> float:
+        t = self.recipe.train
+        factor = lr_factor(self.step, t.steps, t.schedule, t.poly_power, t.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = t.lr * factor * group["lr_mult"]
+        return t.lr * factor
+
+    def train_step(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """One optimisation step; returns the (detached) loss and the method's loss terms."""
+        mean, std = self.model.mean_std
+        batch = move_batch(batch, self.device)
+        images = normalize(batch["image"], mean, std)
+        if self.recipe.model.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.amp):
+            outputs = self.model(images)
+            loss, terms = self.method.loss(outputs, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.recipe.train.max_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.train.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach(), terms
+
+    def _guard(self, nonfinite: torch.Tensor, loss: torch.Tensor) -> None:
+        """Stop, before any checkpoint is written, when a loss since the last check was NaN or infinite."""
+        if bool(nonfinite):
+            raise TrainingError(
+                f"non-finite loss ({float(loss)}) by step {self.step}; stopped without saving. Lower train.lr, "
+                f"set train.max_grad_norm, or check the labels. Last good checkpoint: {self.out / 'last.pt'}"
+            )
+
+    def fit(self) -> TrainResult:
+        t = self.recipe.train
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        self.model.train()
+        self._write_run_files()
+        start_step, wall_start = self.step, time.perf_counter()
+        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        bar = tqdm(
+            total=t.steps,
+            initial=self.step,
+            desc="train",
+            disable=not self.progress,
+            dynamic_ncols=True,
+            unit="step",
+        )
+        train_time, loss = 0.0, torch.zeros(())
+        for batch in self._loader():
+            tick = time.perf_counter()
+            lr = self._set_lr()
+            loss, terms = self.train_step(batch)
+            nonfinite |= ~torch.isfinite(loss)
+            self.step += 1
+            train_time += time.perf_counter() - tick
+            bar.update(1)
+            last = self.step == t.steps
+            if self.step % t.log_every == 0 or last:
+                self._guard(nonfinite, loss)
+                row = {"step": self.step, "lr": lr, "loss": float(loss)}
+                row.update({k: float(v) for k, v in terms.items()})
+                row["images_per_s"] = t.batch_size * (self.step - start_step) / max(train_time, 1e-9)
+                self.history.append(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}", lr=f"{lr:.2e}")
+            if self.val_set is not None and t.val_every and self.step % t.val_every == 0 and not last:
+                self._validate()
+            if self.step % t.ckpt_every == 0 or last:
+                self._guard(nonfinite, loss)
+                self.save("last.pt")
+        bar.close()
+        self._guard(nonfinite, loss)
+        metrics = self._validate() if self.val_set is not None else {}
+        self.save("last.pt")
+        wall = time.perf_counter() - wall_start
+        images_per_s = t.batch_size * (self.step - start_step) / max(train_time, 1e-9)
+        result = TrainResult(self.out, self.step, metrics, images_per_s, wall)
+        write_json(self.out / "metrics.json", {**metrics, "step": self.step, "train_images_per_s": images_per_s})
+        return result
+
+    def _validate(self) -> dict:
+        metrics = evaluate(
+            self.model,
+            self.val_set,
+            self.recipe.eval,
+            self.device,
+            num_workers=self.recipe.data.num_workers,
+            progress=self.progress,
+        )
+        log.info("step %d: val mIoU %.4f, boundary F %.4f", self.step, metrics["miou"], metrics["boundary_f"])
+        self.history.append({"step": self.step, "val_miou": metrics["miou"], "val_boundary_f": metrics["boundary_f"]})
+        if metrics["miou"] > self.best_score:
+            self.best_score = metrics["miou"]
+            self.save("best.pt")
+        return metrics
+
+    def _write_run_files(self) -> None:
+        (self.out / "recipe.yaml").write_text(yaml.safe_dump(to_dict(self.recipe), sort_keys=False))
+
+
+def _single_thread_worker(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def load_model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[SegmentationModel, Recipe, dict]:
+    """Rebuild the model of a checkpoint (no ImageNet weights needed) and load its weights."""
+    from weakseg.data.classes import ClassSet
+    from weakseg.engine.config import from_dict
+
+    state = load_checkpoint(path)
+    recipe = from_dict(Recipe, state["recipe"])
+    class_set = ClassSet.from_dict(state["class_set"])
+    recipe.model.pretrained = False
+    model = build_model(recipe.model, class_set.num_classes)
+    build_method(recipe.method, recipe.method_args, recipe.supervision, class_set).setup(model)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), recipe, state

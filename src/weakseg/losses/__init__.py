@@ -1,0 +1,3 @@
+from weakseg.losses.partial_ce import PartialCrossEntropy
+
+__all__ = ["PartialCrossEntropy"]

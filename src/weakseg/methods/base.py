@@ -1,0 +1,71 @@
+"""A method = the labels it trains from, the heads it adds to the model and the loss it computes per batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from weakseg.data.classes import ClassSet
+from weakseg.engine.config import from_dict
+from weakseg.errors import ConfigError
+
+SUPERVISIONS = ("full", "tags", "boxes", "points", "scribbles", "mixed")
+
+
+@dataclass
+class NoArgs:
+    pass
+
+
+class Method:
+    """Base class of every training method; subclasses register with :func:`register_method`."""
+
+    name: ClassVar[str]
+    supervisions: ClassVar[tuple[str, ...]]
+    Args: ClassVar[type] = NoArgs
+
+    def __init__(self, args: object, supervision: str, class_set: ClassSet) -> None:
+        if supervision not in self.supervisions:
+            raise ConfigError(
+                f"method '{self.name}' trains from {', '.join(self.supervisions)}, not supervision '{supervision}'"
+            )
+        self.args, self.supervision, self.class_set = args, supervision, class_set
+
+    def label_kinds(self) -> tuple[str, ...]:
+        """Label kinds the training split must load (``mask`` only for full supervision)."""
+        if self.supervision == "full":
+            return ("mask",)
+        if self.supervision == "mixed":
+            return tuple(k for k in ("tags", "boxes", "points", "scribbles") if k in self.mixed_kinds())
+        return (self.supervision,)
+
+    def required_kinds(self) -> tuple[str, ...]:
+        """Kinds every training image must carry (``any-weak``: at least one of the loaded weak kinds)."""
+        return ("any-weak",) if self.supervision == "mixed" else self.label_kinds()
+
+    def mixed_kinds(self) -> tuple[str, ...]:
+        return ()
+
+    def setup(self, model: nn.Module) -> None:
+        """Attach the auxiliary heads the method needs (none by default)."""
+
+    def loss(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def build_method(name: str, args: dict | None, supervision: str, class_set: ClassSet) -> Method:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method '{name}' (available: {', '.join(sorted(METHODS))})")
+    cls = METHODS[name]
+    return cls(from_dict(cls.Args, args or {}, "method_args"), supervision, class_set)

@@ -1,0 +1,16 @@
+from weakseg.models.backbones import Backbone, BackboneInfo, create_backbone
+from weakseg.models.heads import ASPP, CAMHead, DeepLabDecoder, ProjectionHead
+from weakseg.models.segmentor import ModelConfig, SegmentationModel, build_model
+
+__all__ = [
+    "ASPP",
+    "Backbone",
+    "BackboneInfo",
+    "CAMHead",
+    "DeepLabDecoder",
+    "ModelConfig",
+    "ProjectionHead",
+    "SegmentationModel",
+    "build_model",
+    "create_backbone",
+]

@@ -1,0 +1,98 @@
+"""The segmentation model: backbone → decoder → classifier, plus named auxiliary heads that methods attach."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from weakseg.errors import ConfigError
+from weakseg.models.backbones import Backbone, create_backbone
+from weakseg.models.heads import DeepLabDecoder
+
+HEAD_INPUTS = ("decoder", "backbone")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "tf_efficientnet_lite0"
+    pretrained: bool = True
+    weights: str | None = None  # a local file, "package", "hub", "none" or null (= try in that order)
+    output_stride: int = 16
+    head: str = "deeplabv3plus"  # or "deeplabv3"
+    head_channels: int = 128
+    separable: bool = True
+    dropout: float = 0.1
+    channels_last: bool = False
+
+
+class SegmentationModel(nn.Module):
+    """Dense classifier over a timm backbone.
+
+    ``forward`` returns a dict: ``logits`` (B×K×h×w at the decoder's stride), ``decoder`` (decoder features),
+    ``features`` (backbone feature maps) and one entry per auxiliary head registered with :meth:`add_head`
+    (e.g. a CAM head on the backbone's last features, an embedding head on the decoder).
+    """
+
+    def __init__(self, backbone: Backbone, decoder: nn.Module, num_classes: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.decoder = decoder
+        self.classifier = nn.Sequential(
+            nn.Dropout2d(dropout) if dropout > 0 else nn.Identity(), nn.Conv2d(decoder.out_channels, num_classes, 1)
+        )
+        self.heads = nn.ModuleDict()
+        self._head_inputs: dict[str, str] = {}
+        self.num_classes = num_classes
+
+    @property
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return self.backbone.info.mean, self.backbone.info.std
+
+    def head_input_channels(self, source: str) -> int:
+        if source == "decoder":
+            return self.decoder.out_channels
+        if source == "backbone":
+            return self.backbone.info.channels[-1]
+        raise ConfigError(f"head input must be one of {HEAD_INPUTS}, not {source!r}")
+
+    def add_head(self, name: str, head: nn.Module, source: str = "decoder") -> None:
+        """Attach an auxiliary head fed by the decoder features or the backbone's coarsest features."""
+        self.head_input_channels(source)
+        if name in self.heads or name in ("logits", "decoder", "features"):
+            raise ValueError(f"a head named {name!r} already exists")
+        self.heads[name] = head
+        self._head_inputs[name] = source
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        features = self.backbone(x)
+        decoded = self.decoder(features)
+        out: dict[str, torch.Tensor | list[torch.Tensor]] = {
+            "logits": self.classifier(decoded),
+            "decoder": decoded,
+            "features": features,
+        }
+        for name, head in self.heads.items():
+            out[name] = head(decoded if self._head_inputs[name] == "decoder" else features[-1])
+        return out
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> SegmentationModel:
+    """Build the segmentation model a recipe describes."""
+    if cfg.head not in ("deeplabv3plus", "deeplabv3"):
+        raise ConfigError(f"model.head must be deeplabv3plus or deeplabv3, not {cfg.head!r}")
+    backbone = create_backbone(
+        cfg.backbone, pretrained=cfg.pretrained, weights=cfg.weights, output_stride=cfg.output_stride
+    )
+    decoder = DeepLabDecoder(
+        backbone.info.channels,
+        channels=cfg.head_channels,
+        output_stride=cfg.output_stride,
+        plus=cfg.head == "deeplabv3plus",
+        separable=cfg.separable,
+    )
+    model = SegmentationModel(backbone, decoder, num_classes, cfg.dropout)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
