@@ -65,9 +65,7 @@ def evaluate(
         metrics.update(pred, batch["mask"])
         if prediction_dir is not None:
             for image_id, p in zip(batch["image_id"], pred, strict=True):
-                write_label_png(
-                    prediction_dir / f"{image_id}.png", p.numpy().astype("uint8"), class_set.palette_array()
-                )
+                write_label_png(prediction_dir / f"{image_id}.png", p.numpy().astype("uint8"), palette)
     model.train(was_training)
     result = metrics.compute()
     result["num_images"] = count
