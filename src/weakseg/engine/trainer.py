@@ -199,52 +199,50 @@ class Trainer:
                 f"set train.max_grad_norm, or check the labels. Last good checkpoint: {self.out / 'last.pt'}"
             )
 
-    def fit(self) -> TrainResult:
+    def fit(self, until: int | None = None) -> TrainResult:
+        """Train to ``train.steps`` (or stop after step ``until``, saving ``last.pt``, to be resumed later).
+
+        Throughput counts wall-clock time between steps, data loading included.
+        """
         t = self.recipe.train
+        stop = t.steps if until is None else min(until, t.steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.model.train()
         self._write_run_files()
         start_step, wall_start = self.step, time.perf_counter()
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
-        bar = tqdm(
-            total=t.steps,
-            initial=self.step,
-            desc="train",
-            disable=not self.progress,
-            dynamic_ncols=True,
-            unit="step",
-        )
-        train_time, loss = 0.0, torch.zeros(())
+        bar = tqdm(total=t.steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
+        loss = torch.zeros(())
         for batch in self._loader():
-            tick = time.perf_counter()
             lr = self._set_lr()
             loss, terms = self.train_step(batch)
             nonfinite |= ~torch.isfinite(loss)
             self.step += 1
-            train_time += time.perf_counter() - tick
             bar.update(1)
-            last = self.step == t.steps
-            if self.step % t.log_every == 0 or last:
+            done = self.step == stop
+            if self.step % t.log_every == 0 or done:
                 self._guard(nonfinite, loss)
-                row = {"step": self.step, "lr": lr, "loss": float(loss)}
-                row.update({k: float(v) for k, v in terms.items()})
-                row["images_per_s"] = t.batch_size * (self.step - start_step) / max(train_time, 1e-9)
+                row = {"step": self.step, "lr": lr, "loss": float(loss), **{k: float(v) for k, v in terms.items()}}
+                row["images_per_s"] = t.batch_size * (self.step - start_step) / (time.perf_counter() - wall_start)
                 self.history.append(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}", lr=f"{lr:.2e}")
-            if self.val_set is not None and t.val_every and self.step % t.val_every == 0 and not last:
+            if self.val_set is not None and t.val_every and self.step % t.val_every == 0 and self.step < t.steps:
                 self._validate()
-            if self.step % t.ckpt_every == 0 or last:
+            if self.step % t.ckpt_every == 0 or done:
                 self._guard(nonfinite, loss)
                 self.save("last.pt")
+            if done:
+                break
         bar.close()
-        self._guard(nonfinite, loss)
-        metrics = self._validate() if self.val_set is not None else {}
-        self.save("last.pt")
-        wall = time.perf_counter() - wall_start
-        images_per_s = t.batch_size * (self.step - start_step) / max(train_time, 1e-9)
-        result = TrainResult(self.out, self.step, metrics, images_per_s, wall)
-        write_json(self.out / "metrics.json", {**metrics, "step": self.step, "train_images_per_s": images_per_s})
-        return result
+        train_wall = time.perf_counter() - wall_start
+        images_per_s = t.batch_size * (self.step - start_step) / max(train_wall, 1e-9)
+        metrics = {}
+        if self.step == t.steps:
+            if self.val_set is not None:
+                metrics = self._validate()
+                self.save("last.pt")
+            write_json(self.out / "metrics.json", {**metrics, "step": self.step, "train_images_per_s": images_per_s})
+        return TrainResult(self.out, self.step, metrics, images_per_s, time.perf_counter() - wall_start)
 
     def _validate(self) -> dict:
         metrics = evaluate(
