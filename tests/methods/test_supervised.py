@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from weakseg.data.classes import VOC
-from weakseg.methods import METHODS, build_method
 from weakseg.errors import ConfigError
+from weakseg.methods import METHODS, build_method
 
 
 def _batch() -> dict:
