@@ -59,7 +59,7 @@ def run_demo(out: Path, *, steps: int | None = None, progress: bool = True, num_
             {
                 "method": recipe.method,
                 "supervision": supervision,
-                "labelled_pixels": density[supervision],
+                "labelled_%": 100 * density[supervision],
                 "miou": result.metrics["miou"],
                 "boundary_f": result.metrics["boundary_f"],
                 "jf": result.metrics["jf"],
@@ -80,7 +80,7 @@ def run_demo(out: Path, *, steps: int | None = None, progress: bool = True, num_
     full = rows[0]["miou"]
     for row in rows:
         row["ratio_to_full"] = row["miou"] / full if full > 0 else float("nan")
-    columns = ["method", "supervision", "labelled_pixels", "miou", "ratio_to_full", "boundary_f", "jf", "train_s"]
+    columns = ["method", "supervision", "labelled_%", "miou", "ratio_to_full", "boundary_f", "jf", "train_s"]
     table = format_table(rows, columns)
     total = time.perf_counter() - start
     (out / "results.txt").write_text(table + f"\ntotal time {total:.0f} s\n")
