@@ -18,7 +18,7 @@ from weakseg.engine.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
-DEMO_RUNS = (("full", "full"), ("pce-points", "points"), ("pce-scribbles", "scribbles"))
+DEMO_RUNS = ("full", "pce-points", "pce-scribbles")
 
 
 def run_demo(out: Path, *, steps: int | None = None, progress: bool = True, num_train: int = 48) -> list[dict]:
@@ -43,15 +43,14 @@ def run_demo(out: Path, *, steps: int | None = None, progress: bool = True, num_
         "scribbles": summary["scribbles"]["labelled_pixel_fraction"],
     }
     rows = []
-    for recipe_name, supervision in DEMO_RUNS:
+    for recipe_name in DEMO_RUNS:
         overrides = [
             f"data.root={data_root}",
             f"data.labels={labels}",
             f"output_dir={out / 'runs' / recipe_name}",
         ] + ([f"train.steps={steps}"] if steps else [])
-        recipe = load_recipe("demo", overrides)
-        recipe.method, recipe.supervision = recipe_name.split("-")[0], supervision
-        recipe.method_args = load_recipe(recipe_name, [f"data.root={data_root}"]).method_args
+        recipe = load_recipe([recipe_name, "demo"], overrides)
+        supervision = recipe.supervision
         log.info("demo: training %s on %s", recipe.method, supervision)
         trainer = Trainer(recipe, progress=progress)
         result = trainer.fit()
@@ -66,7 +65,7 @@ def run_demo(out: Path, *, steps: int | None = None, progress: bool = True, num_
                 "train_s": result.wall_s,
             }
         )
-        if recipe_name == DEMO_RUNS[-1][0]:
+        if recipe_name == DEMO_RUNS[-1]:
             val_images = [Path(trainer.val_set.records[i].image_path) for i in range(len(trainer.val_set))]
             predict_files(
                 trainer.model,

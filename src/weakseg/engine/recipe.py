@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from weakseg.data.dataset import DataConfig
 from weakseg.data.transforms import AugmentConfig
-from weakseg.engine.config import apply_overrides, from_dict, load_recipe_dict
+from weakseg.engine.config import apply_overrides, deep_merge, from_dict, load_recipe_dict
 from weakseg.errors import ConfigError
 from weakseg.models.segmentor import ModelConfig
 
@@ -71,8 +72,14 @@ class Recipe:
         return self
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
-    """Read a recipe file (or start from the defaults when ``path`` is None) and apply ``key=value`` overrides."""
-    data = load_recipe_dict(path) if path is not None else {}
+def load_recipe(paths: str | Path | Sequence[str | Path] | None, overrides: list[str] | None = None) -> Recipe:
+    """Read recipe files, each overlaid on the previous (none: the defaults), then apply ``key=value`` overrides."""
+    if paths is None:
+        paths = []
+    elif isinstance(paths, str | Path):
+        paths = [paths]
+    data: dict = {}
+    for path in paths:
+        data = deep_merge(data, load_recipe_dict(path))
     data = apply_overrides(data, overrides or [])
     return from_dict(Recipe, data).check()
