@@ -24,6 +24,7 @@ DEMO_RUNS = ("full", "pce-points", "pce-scribbles")
 def run_demo(out: Path, *, steps: int | None = None, progress: bool = True, num_train: int = 48) -> list[dict]:
     """Run the whole demo into ``out``; returns the results table's rows."""
     start = time.perf_counter()
+    out = out.resolve()
     data_root = generate_shapes_dataset(out / "data", num_train=num_train, num_val=16, seed=0)
     labels = out / "data" / "labels"
     data = voc_layout(data_root, classes="classes.yaml")
