@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from weakseg import __version__
-from weakseg.errors import WeakSegError
+from weakseg.errors import WeakSegError, user_message
 
 log = logging.getLogger("weakseg")
 
@@ -96,6 +96,8 @@ def cmd_derive_labels(args: argparse.Namespace) -> int:
         data = load_recipe(args.recipe, [f"data.root={args.root}"] if args.root else []).data
     elif args.root:
         data = {"voc": voc_layout, "camvid": camvid_layout}[args.layout](args.root)
+        if args.classes:
+            data.classes = args.classes
     else:
         raise WeakSegError("derive-labels needs a dataset root (or --recipe)")
     dataset = SegmentationDataset(data, args.split, kinds=("mask",), required=("mask",))
@@ -190,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("derive-labels", help="simulate weak labels from full masks")
     p.add_argument("root", nargs="?", help="dataset root")
     p.add_argument("--layout", choices=("voc", "camvid"), default="voc", help="folder layout of ROOT")
+    p.add_argument("--classes", help="class set: voc, camvid, or a YAML/JSON file (relative to ROOT or absolute)")
     p.add_argument("--recipe", help="take the data layout from this recipe instead")
     p.add_argument("--split", default="train")
     p.add_argument(
@@ -226,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     except WeakSegError as exc:
         if args.debug:
             raise
-        print(f"weakseg: error: {exc}", file=sys.stderr)
+        print(f"weakseg: error: {user_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("weakseg: interrupted", file=sys.stderr)

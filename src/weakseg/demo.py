@@ -27,7 +27,7 @@ def run_demo(out: Path, *, steps: int | None = None, progress: bool = True, num_
     out = out.resolve()
     data_root = generate_shapes_dataset(out / "data", num_train=num_train, num_val=16, seed=0)
     labels = out / "data" / "labels"
-    data = voc_layout(data_root, classes="classes.yaml")
+    data = voc_layout(data_root)
     class_set = resolve_class_set(data)
     train = SegmentationDataset(data, "train", kinds=("mask",), class_set=class_set)
     summary = derive_labels(

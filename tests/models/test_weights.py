@@ -267,12 +267,6 @@ def test_local_file_for_another_architecture_without_shared_names_is_config_erro
         create_backbone(LITE0_TIMM_NAME, pretrained=True, weights=str(path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a local file whose key names overlap timm's lite0 (bn1.weight, conv_stem.weight…) but whose shapes "
-    "differ (resnet18, a wider lite2) makes body.load_state_dict(strict=False) raise torch's RuntimeError (a "
-    "traceback in the CLI) instead of a ConfigError (models/backbones.py, create_backbone, load_state_dict call)",
-)
 @pytest.mark.parametrize("other", ["resnet18", "tf_efficientnet_lite2"])
 def test_local_file_of_another_architecture_with_shared_names_is_config_error(tmp_path: Path, other: str) -> None:
     path = tmp_path / f"{other}.pth"

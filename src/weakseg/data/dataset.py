@@ -19,7 +19,7 @@ from PIL import Image
 
 from weakseg.data import formats
 from weakseg.data.classes import ClassSet, get_class_set
-from weakseg.data.sample import LABEL_KINDS, Sample, check_image_id, clip_boxes
+from weakseg.data.sample import LABEL_KINDS, Sample, check_image_id
 from weakseg.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,12 @@ class DataConfig:
 
 
 def voc_layout(root: str | Path, **overrides) -> DataConfig:
-    """The PASCAL VOC layout (JPEGImages, SegmentationClass, ImageSets/Segmentation, image_labels.json, boxes)."""
-    cfg = DataConfig(root=str(root), classes="voc")
+    """The PASCAL VOC layout (JPEGImages, SegmentationClass, ImageSets/Segmentation, image_labels.json, boxes).
+
+    A ``classes.yaml`` in the root names the dataset's own class set; without one the VOC classes are used.
+    """
     root = Path(root)
+    cfg = DataConfig(root=str(root), classes="classes.yaml" if (root / "classes.yaml").is_file() else "voc")
     if (root / "image_labels.json").is_file():
         cfg.tags = "image_labels.json"
     if (root / "boxes_coco.json").is_file():
@@ -150,7 +153,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             if not split_path.is_file():
                 raise DataError(split_path, f"split list for '{split}' not found")
             ids = formats.read_split_list(split_path)
-        labels = {kind: self._read_weak(kind) for kind in LABEL_KINDS if kind in self.kinds and kind != "scribbles"}
+        self.label_files = {kind: cfg.label_path(kind, split) for kind in LABEL_KINDS if kind in self.kinds}
+        labels = {kind: self._read_weak(kind) for kind in self.label_files if kind != "scribbles"}
         mask_dir = cfg.path(cfg.masks, split) if "mask" in self.kinds else None
         if "mask" in self.kinds and (mask_dir is None or not mask_dir.is_dir()):
             raise DataError(mask_dir, "mask folder not found")
@@ -161,7 +165,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
         for image_id in ids:
             check_image_id(image_id, split_path)
             if image_id not in by_stem:
-                raise DataError(split_path or image_dir, f"image '{image_id}' listed but not found in {image_dir}")
+                error = DataError(split_path or image_dir, f"image '{image_id}' listed but not found in {image_dir}")
+                if not cfg.skip_bad:
+                    raise error
+                self.skipped.append(str(error))
+                continue
             rec = Record(image_id, by_stem[image_id])
             if mask_dir is not None:
                 rec.mask_path = mask_dir / f"{image_id}.png"
@@ -173,7 +181,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return self._require(records, required)
 
     def _read_weak(self, kind: str) -> dict[str, np.ndarray]:
-        path = self.cfg.label_path(kind, self.split)
+        path = self.label_files[kind]
         if path is None:
             raise DataError(None, f"no {kind} file for split '{self.split}': set data.{kind} or data.labels")
         if kind == "tags":
@@ -238,15 +246,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
             mask = formats.read_label_map(rec.mask_path, num_classes=k, size=(height, width), palette=palette)
         if rec.scribble_path is not None:
             scribble = formats.read_label_map(rec.scribble_path, num_classes=k, size=(height, width), palette=palette)
-        source = f"image {rec.image_id}"
+        files, image_id = self.label_files, rec.image_id
         if rec.tags is not None:
-            formats.validate_tags(rec.tags, k, source)
+            formats.validate_tags(rec.tags, k, files["tags"], image_id=image_id)
         boxes = None
         if rec.boxes is not None:
-            formats.validate_boxes(rec.boxes, height, width, k, source)
-            boxes = clip_boxes(rec.boxes, height, width)
+            boxes = formats.validate_boxes(rec.boxes, height, width, k, files["boxes"], image_id=image_id)
         if rec.points is not None:
-            formats.validate_points(rec.points, height, width, k, source)
+            formats.validate_points(rec.points, height, width, k, files["points"], image_id=image_id)
         rec.size = (height, width)
         return Sample(
             image_id=rec.image_id,

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -81,14 +83,27 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"'{path}' must be an integer, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        # YAML 1.1 reads exponents without a dot (1e-3) as strings: accept any finite number spelled out.
+        number = _float_or_none(value)
+        if number is None:
             raise ConfigError(f"'{path}' must be a number, got {value!r}")
-        return float(value)
+        return number
     if tp is str:
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
+        # Plain scalars YAML reads as numbers or dates (a run named 2024-05-01) are names too.
+        if not isinstance(value, str | int | float | datetime.date) or isinstance(value, bool):
             raise ConfigError(f"'{path}' must be a string, got {value!r}")
         return str(value)
     raise TypeError(f"unsupported config type {tp} at {path}")
+
+
+def _float_or_none(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def to_dict(obj: Any) -> Any:

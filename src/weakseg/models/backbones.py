@@ -66,6 +66,13 @@ def create_backbone(
         if loaded.state_dict is None and loaded.source == "timm hub":
             body, source = _from_hub(name, kwargs), f"ImageNet, timm hub ({name})"
         elif loaded.state_dict is not None:
+            expected = body.state_dict()
+            wrong = [k for k, v in loaded.state_dict.items() if k in expected and v.shape != expected[k].shape]
+            if wrong:
+                raise ConfigError(
+                    f"weights ({loaded.source}) do not fit {name}: {len(wrong)} tensors have other shapes, "
+                    f"e.g. {wrong[0]} {tuple(loaded.state_dict[wrong[0]].shape)} vs {tuple(expected[wrong[0]].shape)}"
+                )
             missing, _ = body.load_state_dict(loaded.state_dict, strict=False)
             missing = [k for k in missing if not k.endswith("num_batches_tracked")]
             if missing:
