@@ -12,7 +12,7 @@ from tests.conftest import tiny_overrides
 from weakseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from weakseg.engine.recipe import load_recipe
 from weakseg.engine.trainer import Trainer, load_model_from_checkpoint, lr_factor
-from weakseg.errors import TrainingError
+from weakseg.errors import DataError, TrainingError
 
 
 def _trainer(shapes: Path, out: Path, recipe: str = "full", *extra: str) -> Trainer:
@@ -88,7 +88,7 @@ def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(DataError, match="last.pt: cannot write: disk full"):
         save_checkpoint({"step": 2}, path)
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

@@ -288,7 +288,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return rec.size
 
     def labelled_pixel_fraction(self, kind: str) -> float:
-        """Fraction of image pixels carrying a label of ``kind`` (points count one pixel each)."""
+        """Fraction of all image pixels carrying a label of ``kind`` (points count one pixel each); the same
+        definition as ``derive-labels``'s density, so that ``mask`` gives the full-supervision row's fraction."""
         labelled = total = 0
         for i, rec in enumerate(self.records):
             h, w = self.image_size(i)

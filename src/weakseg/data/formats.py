@@ -33,8 +33,11 @@ _UNSAFE_XML = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write a file through ``write(fileobj)`` into a temporary sibling, then move it into place."""
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write a file through ``write(fileobj)`` into a temporary sibling, fsync it, then move it into place.
+
+    A crash or a full disk leaves the previous file untouched; an ``OSError`` becomes a :class:`DataError`.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +47,8 @@ def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -56,7 +61,7 @@ def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as UTF-8 JSON with sorted keys, atomically."""
     data = (json.dumps(obj, sort_keys=True, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
-    _atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 def _require_file(path: str | Path) -> Path:
@@ -208,7 +213,7 @@ def write_label_png(path: str | Path, label: np.ndarray, palette: np.ndarray | N
     else:
         img = Image.frombytes("P", (arr.shape[1], arr.shape[0]), arr.tobytes())
         img.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[:256].ravel().tolist())
-    _atomic_write(path, lambda f: img.save(f, format="PNG"))
+    atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
 # ----------------------------------------------------------------------------------------- lists, tags

@@ -259,21 +259,6 @@ def derive_scribbles(
     return scribble
 
 
-def valid_pixels(mask: np.ndarray, ignore_index: int = 255) -> int:
-    """Number of non-ignore pixels of a mask."""
-    return int(np.count_nonzero(mask != ignore_index))
-
-
-def labelled_pixel_fraction(scribble: np.ndarray, mask: np.ndarray, ignore_index: int = 255) -> float:
-    """Labelled scribble pixels over valid (non-ignore) mask pixels."""
-    return int(np.count_nonzero(scribble != ignore_index)) / max(1, valid_pixels(mask, ignore_index))
-
-
-def point_pixel_fraction(points: np.ndarray, mask: np.ndarray, ignore_index: int = 255) -> float:
-    """Number of points over valid (non-ignore) mask pixels."""
-    return len(points) / max(1, valid_pixels(mask, ignore_index))
-
-
 def derive_labels(
     items: Iterable[tuple[str, np.ndarray]],
     class_set: ClassSet,
@@ -300,7 +285,7 @@ def derive_labels(
     boxes: dict[str, np.ndarray] = {}
     points: dict[str, np.ndarray] = {}
     sizes: dict[str, tuple[int, int]] = {}
-    totals = {"valid_pixels": 0, "scribble_pixels": 0}
+    totals = {"pixels": 0, "scribble_pixels": 0}
     for image_id, mask in tqdm(items, desc="derive-labels", unit="img", disable=not progress):
         check_image_id(image_id, "derive-labels")
         if image_id in sizes:
@@ -314,7 +299,7 @@ def derive_labels(
             raise DataError(None, f"image {image_id}: mask holds class id {bad_id} outside the class set")
         mask = mask.astype(np.uint8)
         sizes[image_id] = mask.shape
-        totals["valid_pixels"] += valid_pixels(mask, class_set.ignore_index)
+        totals["pixels"] += mask.size
         if "tags" in kinds:
             tags[image_id] = derive_tags(mask, class_set)
         if need_boxes:
@@ -338,7 +323,7 @@ def derive_labels(
             write_label_png(out_dir / "scribbles" / f"{image_id}.png", scribble, class_set.palette_array())
 
     n = len(sizes)
-    valid = max(1, totals["valid_pixels"])
+    pixels = max(1, totals["pixels"])
     summary: dict = {"images": n}
     if "tags" in kinds:
         total = int(sum(len(t) for t in tags.values()))
@@ -351,12 +336,12 @@ def derive_labels(
         write_coco_boxes(out_dir / "boxes_coco.json", boxes, sizes, class_set.names)
     if "points" in kinds:
         total = int(sum(len(p) for p in points.values()))
-        summary["points"] = {"total": total, "per_image": total / max(1, n), "labelled_pixel_fraction": total / valid}
+        summary["points"] = {"total": total, "per_image": total / max(1, n), "labelled_pixel_fraction": total / pixels}
         write_points_json(out_dir / "points.json", points)
     if "scribbles" in kinds:
         summary["scribbles"] = {
             "labelled_pixels": totals["scribble_pixels"],
-            "labelled_pixel_fraction": totals["scribble_pixels"] / valid,
+            "labelled_pixel_fraction": totals["scribble_pixels"] / pixels,
         }
     record = {
         **protocol.to_dict(),
