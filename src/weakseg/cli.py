@@ -22,7 +22,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from weakseg.engine.recipe import load_recipe
     from weakseg.engine.trainer import Trainer
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipes = [a for a in args.items if "=" not in a]
+    overrides = [a for a in args.items if "=" in a]
+    recipe = load_recipe(recipes, overrides)
     trainer = Trainer(recipe, progress=not args.quiet)
     log.info("weights: %s", trainer.model.backbone.info.weights_source)
     if args.resume and trainer.resume():
@@ -157,8 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
 
     p = sub.add_parser("train", help="train a model from a recipe")
-    p.add_argument("recipe", help="a recipe file or a built-in recipe name")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=200 data.root=DIR")
+    p.add_argument(
+        "items",
+        nargs="+",
+        metavar="RECIPE|KEY=VALUE",
+        help="recipe files or built-in names (each overlaid on the previous, e.g. pce-points data-camvid), "
+        "then key=value overrides, e.g. train.steps=200 data.root=DIR",
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt if it exists")
     common(p)
     p.set_defaults(func=cmd_train)
