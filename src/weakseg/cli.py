@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
 from weakseg import __version__
-from weakseg.errors import WeakSegError, user_message
+from weakseg.errors import ConfigError, WeakSegError, user_message
 
 log = logging.getLogger("weakseg")
+DOTTED_KEY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")  # section.key, not a recipe
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -24,6 +26,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     recipes = [a for a in args.items if "=" not in a]
     overrides = [a for a in args.items if "=" in a]
+    for item in recipes:
+        if DOTTED_KEY.fullmatch(item) and not item.endswith((".yaml", ".yml")) and not Path(item).exists():
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
     recipe = load_recipe(recipes, overrides)
     trainer = Trainer(recipe, progress=not args.quiet)
     log.info("weights: %s", trainer.model.backbone.info.weights_source)
