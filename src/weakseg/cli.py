@@ -141,6 +141,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from weakseg.bench import bench
+
+    bench(
+        args.profile,
+        args.datasets,
+        args.methods,
+        args.supervisions,
+        data_root=Path(args.data_root),
+        results=Path(args.results),
+        cache=Path(args.cache),
+        docs=Path(args.docs),
+        force=args.force,
+    )
+    return 0
+
+
 def _print_metrics(metrics: dict, title: str) -> None:
     if not metrics:
         return
@@ -224,6 +241,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-background", action="store_true", help="no points/scribbles on background")
     common(p)
     p.set_defaults(func=cmd_derive_labels)
+
+    p = sub.add_parser("bench", help="benchmark rows method × supervision × dataset on real data")
+    p.add_argument("--profile", default="standard", choices=("quick", "standard"))
+    p.add_argument("--quick", dest="profile", action="store_const", const="quick", help="same as --profile quick")
+    p.add_argument("--standard", dest="profile", action="store_const", const="standard")
+    p.add_argument("--datasets", nargs="+", default=["voc454", "camvid"])
+    p.add_argument("--methods", nargs="+", default=["full", "pce"])
+    p.add_argument("--supervisions", nargs="+", default=None, help="only these supervisions (full always runs)")
+    p.add_argument("--data-root", default="../shared/data", help="folder holding voc454/ and camvid/")
+    p.add_argument("--results", default="benchmarks/results")
+    p.add_argument("--cache", default="benchmarks/cache", help="simulated labels and run folders (not committed)")
+    p.add_argument("--docs", default="docs")
+    p.add_argument("--force", action="store_true", help="rerun rows even when their JSON is up to date")
+    common(p)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="train full and pCE on generated data and report")
     p.add_argument("--out", default="weakseg-demo", help="output folder")

@@ -177,8 +177,6 @@ class Trainer:
         mean, std = self.model.mean_std
         batch = move_batch(batch, self.device)
         images = normalize(batch["image"], mean, std)
-        if self.recipe.model.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp):
             outputs = self.model(images)
             loss, terms = self.method.loss(outputs, batch)

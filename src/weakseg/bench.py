@@ -1,0 +1,326 @@
+"""``weakseg bench``: method × supervision × dataset rows on real data, one protocol for every row of a profile.
+
+Each row trains in its own process (so its peak memory is its own), evaluates on the dataset's val split and
+writes ``benchmarks/results/<profile>/<dataset>/<method>-<supervision>.json``. A row whose fingerprint (resolved
+recipe, label protocol, profile) matches its JSON is not rerun unless ``--force``; ``docs/benchmarks.md`` and its
+plot are regenerated from the JSON files after every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from weakseg.data.dataset import DataConfig, SegmentationDataset, camvid_layout, voc_layout
+from weakseg.data.formats import read_coco_boxes, write_json
+from weakseg.data.simulate import LabelProtocol, derive_labels
+from weakseg.engine.config import to_dict
+from weakseg.engine.recipe import Recipe, load_recipe
+from weakseg.errors import ConfigError
+from weakseg.methods import METHODS
+
+log = logging.getLogger(__name__)
+
+# Row order in the tables: the upper bound first, then methods as they land.
+METHOD_ORDER = ("full", "pce")
+SUPERVISION_ORDER = ("full", "tags", "boxes", "points", "scribbles", "mixed")
+
+PROFILES: dict[str, list[str]] = {
+    # Smoke checks: a few minutes per row on 2 CPU cores.
+    "quick": ["train.steps=60", "train.ckpt_every=60", "eval.max_images=60"],
+    # The numbers we quote: about 11 minutes of training per row on 2 CPU cores.
+    "standard": ["train.steps=700", "train.ckpt_every=100"],
+}
+SHARED = [
+    "augment.crop_size=256",
+    "augment.scale_range=[0.5, 1.5]",
+    "train.batch_size=8",
+    "train.lr=0.02",
+    "train.backbone_lr_mult=0.5",
+    "train.seed=0",
+    "train.log_every=20",
+    "data.num_workers=1",
+    "model.weights=package",
+]
+
+
+@dataclass(frozen=True)
+class BenchDataset:
+    name: str
+    folder: str  # under --data-root
+    layout: str  # voc | camvid
+    recipes: tuple[str, ...] = ()  # extra recipes overlaid after the method's (data layout)
+    supervisions: tuple[str, ...] = ("full", "tags", "boxes", "points", "scribbles", "mixed")
+    given_boxes: str | None = None  # a real box file, used instead of boxes derived from masks
+    protocol: LabelProtocol = field(default_factory=LabelProtocol)
+
+    def data_config(self, root: Path) -> DataConfig:
+        return voc_layout(root / self.folder) if self.layout == "voc" else camvid_layout(root / self.folder)
+
+
+DATASETS = {
+    "voc454": BenchDataset("voc454", "voc454", "voc", given_boxes="boxes_coco.json"),
+    # Image-level tags are nearly uninformative on CamVid (most frames hold most classes): points and scribbles.
+    "camvid": BenchDataset("camvid", "camvid", "camvid", ("data-camvid",), ("full", "points", "scribbles")),
+}
+
+
+def recipe_name(method: str, supervision: str) -> str:
+    return method if supervision == "full" else f"{method}-{supervision}"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{os.cpu_count()} × {cpu}{gpu}, torch {torch.__version__}"
+
+
+@dataclass
+class Row:
+    profile: str
+    dataset: BenchDataset
+    method: str
+    supervision: str
+    data_root: Path
+    results: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-{self.supervision}"
+
+    @property
+    def json_path(self) -> Path:
+        return self.results / self.profile / self.dataset.name / f"{self.name}.json"
+
+    def labels_dir(self, cache: Path) -> Path:
+        return cache / "labels" / self.dataset.name / self.protocol_hash()
+
+    def protocol_hash(self) -> str:
+        return _digest({"protocol": self.dataset.protocol.to_dict(), "boxes": self.dataset.given_boxes})[:12]
+
+    def recipe(self, cache: Path) -> Recipe:
+        data = self.dataset.data_config(self.data_root)
+        overrides = [
+            f"data.root={data.root}",
+            f"data.classes={data.classes}",
+            f"output_dir={cache / 'runs' / self.profile / self.dataset.name / self.name}",
+            *SHARED,
+            *PROFILES[self.profile],
+        ]
+        if self.supervision != "full":
+            overrides.append(f"data.labels={self.labels_dir(cache)}")
+        return load_recipe([recipe_name(self.method, self.supervision), *self.dataset.recipes], overrides)
+
+    def fingerprint(self, cache: Path) -> str:
+        recipe = to_dict(self.recipe(cache))
+        recipe.pop("output_dir")
+        recipe["data"].pop("labels", None)
+        recipe["data"]["root"] = self.dataset.folder
+        return _digest({"recipe": recipe, "labels": self.protocol_hash(), "profile": self.profile})
+
+
+def _digest(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def plan_rows(
+    profile: str,
+    datasets: list[str],
+    methods: list[str],
+    supervisions: list[str] | None,
+    data_root: Path,
+    results: Path,
+) -> list[Row]:
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r} (profiles: {', '.join(PROFILES)})")
+    rows = []
+    for name in datasets:
+        if name not in DATASETS:
+            raise ConfigError(f"unknown benchmark dataset {name!r} (datasets: {', '.join(DATASETS)})")
+        bench = DATASETS[name]
+        if not (data_root / bench.folder).is_dir():
+            raise ConfigError(f"{data_root / bench.folder}: benchmark data not found (set --data-root)")
+        for method in methods:
+            if method not in METHODS:
+                raise ConfigError(f"unknown method {method!r} (available: {', '.join(sorted(METHODS))})")
+            for supervision in METHODS[method].supervisions:
+                wanted = supervisions is None or supervision in supervisions or supervision == "full"
+                if wanted and supervision in bench.supervisions and supervision != "mixed":
+                    rows.append(Row(profile, bench, method, supervision, data_root, results))
+    return rows
+
+
+def ensure_labels(row: Row, cache: Path) -> dict:
+    """Simulate the dataset's weak labels once per protocol (train split) and return their summary."""
+    out = row.labels_dir(cache)
+    protocol_file = out / "protocol.json"
+    if protocol_file.is_file():
+        return json.loads(protocol_file.read_text())
+    data = row.dataset.data_config(row.data_root)
+    train = SegmentationDataset(data, data.train_split, kinds=("mask",), required=("mask",))
+    given = read_coco_boxes(Path(data.root) / row.dataset.given_boxes) if row.dataset.given_boxes else None
+    derive_labels(
+        train.masks(),
+        train.class_set,
+        out,
+        ("tags", "boxes", "points", "scribbles"),
+        row.dataset.protocol,
+        given,
+        progress=False,
+    )
+    return json.loads(protocol_file.read_text())
+
+
+def run_row(row: Row, cache: Path, commit: str) -> dict:
+    """Train and evaluate one row in this process; return its JSON record."""
+    from weakseg.engine.trainer import Trainer
+
+    start = time.perf_counter()
+    labels = ensure_labels(row, cache) if row.supervision != "full" else None
+    recipe = row.recipe(cache)
+    trainer = Trainer(recipe, progress=False)
+    if row.supervision == "full":
+        fraction, protocol = trainer.train_set.labelled_pixel_fraction("mask"), "full masks"
+    else:
+        fraction = labels["summary"][row.supervision]["labelled_pixel_fraction"]
+        protocol = row.dataset.protocol.describe([row.supervision], given_boxes=row.dataset.given_boxes is not None)
+    result = trainer.fit()
+    m = result.metrics
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "dataset": row.dataset.name,
+        "profile": row.profile,
+        "method": row.method,
+        "supervision": row.supervision,
+        "miou": m["miou"],
+        "per_class_iou": dict(zip(m["class_names"], m["per_class_iou"], strict=True)),
+        "pixel_accuracy": m["pixel_accuracy"],
+        "boundary_f": m["boundary_f"],
+        "jf": m["jf"],
+        "ratio_to_full": None,
+        "train_images_per_s": result.train_images_per_s,
+        "infer_images_per_s": m["infer_images_per_s"],
+        "peak_rss_mb": peak,
+        "wall_s": time.perf_counter() - start,
+        "train_steps": recipe.train.steps,
+        "device": str(trainer.device),
+        "hardware": hardware(),
+        "backbone": f"{recipe.model.backbone} ({trainer.model.backbone.info.weights_source})",
+        "head": f"{recipe.model.head}, output stride {recipe.model.output_stride}, {recipe.model.head_channels} ch",
+        "schedule": f"{recipe.train.steps} steps × batch {recipe.train.batch_size}, crop {recipe.augment.crop_size}, "
+        f"{recipe.train.optimizer} lr {recipe.train.lr} {recipe.train.schedule}",
+        "eval": f"{row.dataset.name} val ({m['num_images']} images), scales {list(recipe.eval.scales)}, "
+        f"flip {recipe.eval.flip}",
+        "labels_protocol": protocol,
+        "labelled_pixel_fraction": fraction,
+        "seed": recipe.train.seed,
+        "git_commit": commit,
+        "command": command_for(row),
+        "fingerprint": row.fingerprint(cache),
+    }
+
+
+def command_for(row: Row) -> str:
+    return (
+        f"weakseg bench --profile {row.profile} --datasets {row.dataset.name} --methods {row.method} "
+        f"--supervisions {row.supervision}"
+    )
+
+
+def update_ratios(results: Path, profile: str) -> None:
+    """Set every row's ``ratio_to_full`` from the ``full`` row of its dataset and profile."""
+    for folder in sorted((results / profile).glob("*")):
+        full_path = folder / "full-full.json"
+        full = json.loads(full_path.read_text())["miou"] if full_path.is_file() else None
+        for path in sorted(folder.glob("*.json")):
+            record = json.loads(path.read_text())
+            ratio = record["miou"] / full if full else None
+            if record.get("ratio_to_full") != ratio:
+                record["ratio_to_full"] = ratio
+                write_json(path, record)
+
+
+def bench(
+    profile: str,
+    datasets: list[str],
+    methods: list[str],
+    supervisions: list[str] | None,
+    *,
+    data_root: Path,
+    results: Path,
+    cache: Path,
+    docs: Path,
+    force: bool = False,
+) -> list[Path]:
+    """Run the rows that are missing or stale (each in a child process), then refresh ratios and docs."""
+    rows = plan_rows(profile, datasets, methods, supervisions, data_root, results)
+    commit = git_commit()
+    done = []
+    for row in rows:
+        if not force and row.json_path.is_file():
+            stored = json.loads(row.json_path.read_text()).get("fingerprint")
+            if stored == row.fingerprint(cache):
+                print(f"{row.dataset.name} {row.name}: up to date ({row.json_path})")
+                continue
+        print(f"{row.dataset.name} {row.name}: running ({profile} profile)", flush=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "weakseg.bench",
+            profile,
+            row.dataset.name,
+            row.method,
+            row.supervision,
+            str(data_root),
+            str(results),
+            str(cache),
+            commit,
+        ]
+        subprocess.run(cmd, check=True)
+        record = json.loads(row.json_path.read_text())
+        print(f"  mIoU {record['miou']:.4f}, boundary F {record['boundary_f']:.4f}, {record['wall_s']:.0f} s")
+        done.append(row.json_path)
+    update_ratios(results, profile)
+    from weakseg.report import write_benchmark_docs
+
+    write_benchmark_docs(results, docs)
+    return done
+
+
+def _child(argv: list[str]) -> None:
+    profile, dataset, method, supervision, data_root, results, cache, commit = argv
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    row = Row(profile, DATASETS[dataset], method, supervision, Path(data_root), Path(results))
+    record = run_row(row, Path(cache), commit)
+    write_json(row.json_path, record)
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1:])
