@@ -1,0 +1,90 @@
+"""The benchmark runner: row planning, fingerprints, one row end to end on tiny data, ratios."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from weakseg import bench
+from weakseg.bench import DATASETS, BenchDataset, Row, plan_rows, run_row, update_ratios
+from weakseg.data.formats import write_json
+from weakseg.data.simulate import LabelProtocol
+from weakseg.errors import ConfigError
+
+REQUIRED = {
+    "miou", "per_class_iou", "boundary_f", "jf", "ratio_to_full", "train_images_per_s", "infer_images_per_s",
+    "peak_rss_mb", "wall_s", "device", "labels_protocol", "labelled_pixel_fraction", "seed", "git_commit", "command",
+}  # fmt: skip
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    for folder in ("voc454", "camvid"):
+        (tmp_path / folder).mkdir()
+    return tmp_path
+
+
+def test_plan_rows_follows_datasets_and_methods(data_root: Path, tmp_path: Path) -> None:
+    rows = plan_rows("standard", ["voc454", "camvid"], ["full", "pce"], None, data_root, tmp_path)
+    names = [(r.dataset.name, r.name) for r in rows]
+    assert names == [
+        ("voc454", "full-full"), ("voc454", "pce-points"), ("voc454", "pce-scribbles"),
+        ("camvid", "full-full"), ("camvid", "pce-points"), ("camvid", "pce-scribbles"),
+    ]  # fmt: skip
+    only = plan_rows("quick", ["camvid"], ["full", "pce"], ["scribbles"], data_root, tmp_path)
+    assert [r.name for r in only] == ["full-full", "pce-scribbles"]
+    assert rows[1].json_path == tmp_path / "standard" / "voc454" / "pce-points.json"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("huge", ["voc454"], ["full"]), "unknown profile"),
+        (("quick", ["coco"], ["full"]), "unknown benchmark dataset"),
+        (("quick", ["voc454"], ["magic"]), "unknown method"),
+    ],
+)
+def test_plan_rows_rejects_unknown_names(data_root: Path, args: tuple, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        plan_rows(*args, None, data_root, data_root)
+
+
+def test_missing_benchmark_data_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="benchmark data not found"):
+        plan_rows("quick", ["voc454"], ["full"], None, tmp_path, tmp_path)
+
+
+def test_fingerprint_tracks_the_recipe_not_the_paths(data_root: Path, tmp_path: Path) -> None:
+    (data_root / "voc454" / "image_labels.json").write_text("{}")
+    row = plan_rows("standard", ["voc454"], ["pce"], ["points"], data_root, tmp_path)[0]
+    assert row.fingerprint(tmp_path / "a") == row.fingerprint(tmp_path / "b")
+    quick = Row("quick", row.dataset, row.method, row.supervision, row.data_root, row.results)
+    assert quick.fingerprint(tmp_path) != row.fingerprint(tmp_path)
+
+
+def test_one_row_end_to_end(shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny = BenchDataset("shapes", shapes.name, "voc", protocol=LabelProtocol(min_component_area=4))
+    monkeypatch.setitem(DATASETS, "shapes", tiny)
+    monkeypatch.setitem(bench.PROFILES, "quick", ["train.steps=2", "train.ckpt_every=2"])
+    monkeypatch.setattr(bench, "SHARED", ["augment.crop_size=48", "train.batch_size=2", "data.num_workers=0",
+                                          "model.head_channels=16", "model.pretrained=false"])  # fmt: skip
+    row = Row("quick", tiny, "pce", "scribbles", shapes.parent, tmp_path / "results")
+    record = run_row(row, tmp_path / "cache", "abc123")
+    assert set(record) >= REQUIRED
+    assert record["git_commit"] == "abc123" and record["seed"] == 0
+    assert 0 < record["labelled_pixel_fraction"] < 0.5
+    assert record["labels_protocol"].startswith("scribbles: 50% of each component's skeleton")
+    assert record["fingerprint"] == row.fingerprint(tmp_path / "cache")
+    assert set(record["per_class_iou"]) == {"background", "disc", "square", "triangle", "ring"}
+    assert (tmp_path / "cache" / "labels" / "shapes").is_dir()
+
+
+def test_update_ratios_uses_the_full_row(tmp_path: Path) -> None:
+    folder = tmp_path / "standard" / "voc454"
+    write_json(folder / "full-full.json", {"miou": 0.5, "ratio_to_full": None})
+    write_json(folder / "pce-points.json", {"miou": 0.4, "ratio_to_full": None})
+    update_ratios(tmp_path, "standard")
+    assert json.loads((folder / "pce-points.json").read_text())["ratio_to_full"] == pytest.approx(0.8)
+    assert json.loads((folder / "full-full.json").read_text())["ratio_to_full"] == pytest.approx(1.0)

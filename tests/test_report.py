@@ -1,0 +1,37 @@
+"""docs/benchmarks.md is generated from the JSON rows: tables in method order, provenance, the plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from weakseg.data.formats import write_json
+from weakseg.report import write_benchmark_docs
+
+
+def _record(dataset: str, method: str, supervision: str, miou: float, fraction: float) -> dict:
+    return {
+        "dataset": dataset, "profile": "standard", "method": method, "supervision": supervision, "miou": miou,
+        "ratio_to_full": None, "boundary_f": 0.3, "jf": (miou + 0.3) / 2, "train_images_per_s": 9.0,
+        "infer_images_per_s": 17.0, "peak_rss_mb": 2500.0, "wall_s": 600.0, "labelled_pixel_fraction": fraction,
+        "backbone": "lite0", "head": "v3+", "schedule": "700 steps", "hardware": "2 cores", "device": "cpu",
+        "labels_protocol": f"{supervision} protocol", "eval": "val", "git_commit": "abc", "command": "weakseg bench",
+    }  # fmt: skip
+
+
+def test_docs_tables_and_plot(tmp_path: Path) -> None:
+    results, docs = tmp_path / "results", tmp_path / "docs"
+    rows = [
+        _record("voc454", "pce", "scribbles", 0.30, 0.02),
+        _record("voc454", "full", "full", 0.40, 0.95),
+        _record("voc454", "pce", "points", 0.20, 0.0001),
+        _record("camvid", "full", "full", 0.50, 0.9),
+    ]
+    for r in rows:
+        write_json(results / "standard" / r["dataset"] / f"{r['method']}-{r['supervision']}.json", r)
+    text = write_benchmark_docs(results, docs).read_text()
+    voc = text[text.index("### voc454") :]
+    assert voc.index("| full | full |") < voc.index("| pce | points |") < voc.index("| pce | scribbles |")
+    assert "| pce | points | 0.0100% | 0.200 |" in voc
+    assert "### camvid" in text and "`pce-points`: points protocol" in text
+    assert "weakseg bench --profile standard --datasets camvid voc454 --methods full pce" in text
+    assert (docs / "standard-benchmarks-miou-vs-labels.png").stat().st_size > 1000
