@@ -25,7 +25,7 @@ from weakseg.data.formats import read_coco_boxes, write_json
 from weakseg.data.simulate import LabelProtocol, derive_labels
 from weakseg.engine.config import to_dict
 from weakseg.engine.recipe import Recipe, load_recipe
-from weakseg.errors import ConfigError
+from weakseg.errors import ConfigError, WeakSegError
 from weakseg.methods import METHODS
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class Row:
         return self.results / self.profile / self.dataset.name / f"{self.name}.json"
 
     def labels_dir(self, cache: Path) -> Path:
-        return cache / "labels" / self.dataset.name / self.protocol_hash()
+        return cache.resolve() / "labels" / self.dataset.name / self.protocol_hash()
 
     def protocol_hash(self) -> str:
         return _digest({"protocol": self.dataset.protocol.to_dict(), "boxes": self.dataset.given_boxes})[:12]
@@ -303,7 +303,8 @@ def bench(
             str(cache),
             commit,
         ]
-        subprocess.run(cmd, check=True)
+        if subprocess.run(cmd).returncode != 0:
+            raise WeakSegError(f"benchmark row {row.dataset.name} {row.name} failed (its error is printed above)")
         record = json.loads(row.json_path.read_text())
         print(f"  mIoU {record['miou']:.4f}, boundary F {record['boundary_f']:.4f}, {record['wall_s']:.0f} s")
         done.append(row.json_path)

@@ -51,12 +51,14 @@ class DeepLabDecoder(nn.Module):
         in_channels: tuple[int, ...],
         channels: int = 128,
         output_stride: int = 16,
+        rates: tuple[int, ...] | None = None,
         plus: bool = True,
         separable: bool = True,
         skip_channels: int = 48,
     ) -> None:
         super().__init__()
-        rates = tuple(r * (16 // output_stride) for r in (6, 12, 18)) if output_stride <= 16 else (3, 6, 9)
+        if rates is None:
+            rates = tuple(r * (16 // output_stride) for r in (6, 12, 18)) if output_stride <= 16 else (3, 6, 9)
         self.aspp = ASPP(in_channels[-1], channels, rates, separable)
         self.plus = plus
         if plus:
