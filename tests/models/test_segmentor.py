@@ -171,3 +171,12 @@ def test_channels_last_model_matches_default_layout() -> None:
         ya = a(x)["logits"]
         yb = b(x.contiguous(memory_format=torch.channels_last))["logits"]
     assert torch.allclose(ya, yb, atol=1e-4)
+
+
+def test_aspp_rates_default_and_configured() -> None:
+    def dilations(model: SegmentationModel) -> list[int]:
+        return [b[0].dilation[0] for b in model.decoder.aspp.branches[1:]]
+
+    assert dilations(model_with()) == [6, 12, 18]
+    assert dilations(model_with(output_stride=8)) == [12, 24, 36]
+    assert dilations(model_with(aspp_rates=(3, 6, 9))) == [3, 6, 9]
