@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from weakseg.data.dataset import SegmentationDataset, resolve_class_set, voc_layout
 from weakseg.data.simulate import LabelProtocol, derive_labels
@@ -13,6 +14,15 @@ from weakseg.data.synthetic import generate_shapes_dataset
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_voc454 = pytest.mark.skipif(not (SHARED_DATA / "voc454").is_dir(), reason="../shared/data/voc454 absent")
 needs_camvid = pytest.mark.skipif(not (SHARED_DATA / "camvid").is_dir(), reason="../shared/data/camvid absent")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny tensors: one intra-op thread is as fast, and robust to a busy machine (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

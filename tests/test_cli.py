@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from weakseg.cli import main
@@ -29,15 +28,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 K = SHAPES_CLASSES.num_classes
 TRAIN_IDS = [f"shape_{i:04d}" for i in range(6)]
 VAL_IDS = [f"shape_{i:04d}" for i in range(6, 9)]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and robust to a busy machine (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

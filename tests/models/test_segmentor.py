@@ -12,15 +12,6 @@ K = 5
 SIZE = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and robust to a busy machine (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def images(b: int, size: int = SIZE, seed: int = 0) -> torch.Tensor:
     return torch.randn(b, 3, size, size, generator=torch.Generator().manual_seed(seed))
 

@@ -34,15 +34,6 @@ needs_package = pytest.mark.skipif(lite0_package_file() is None, reason="efficie
 needs_voc454 = pytest.mark.skipif(not VOC454.is_dir(), reason=f"real images not found at {VOC454}")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and robust to a busy machine (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tensors(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
 

@@ -161,7 +161,6 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             worker_init_fn=_single_thread_worker,
             generator=torch.Generator().manual_seed(t.seed),
-            persistent_workers=False,
             prefetch_factor=4 if data.num_workers > 0 else None,
         )
 
