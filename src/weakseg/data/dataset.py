@@ -158,7 +158,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         mask_dir = cfg.path(cfg.masks, split) if "mask" in self.kinds else None
         if "mask" in self.kinds and (mask_dir is None or not mask_dir.is_dir()):
             raise DataError(mask_dir, "mask folder not found")
-        scribble_dir = cfg.label_path("scribbles", split) if "scribbles" in self.kinds else None
+        scribble_dir = self.label_files.get("scribbles")
         if "scribbles" in self.kinds and (scribble_dir is None or not scribble_dir.is_dir()):
             raise DataError(scribble_dir or cfg.labels, "scribble folder not found (set data.scribbles or data.labels)")
         records = []

@@ -24,12 +24,12 @@ class ModelConfig:
     head_channels: int = 128
     # ASPP dilation rates at the output stride; null = DeepLab's (6, 12, 18) at stride 16 (×2 at stride 8). Keep the
     # largest rate well under half the training crop's feature size, or taps that saw only padding in training
-    # land inside the image at test time: (6, 12, 18) on 256² crops (16² features) costs a third of the mIoU on
-    # full 500×375 images.
+    # land inside the image at test time: with (6, 12, 18) on 256² crops (16² features), whole-image val mIoU on
+    # voc454 after 200 steps was 0.069, against 0.185 with (3, 6, 9).
     aspp_rates: tuple[int, ...] | None = None
     separable: bool = True
     dropout: float = 0.1
-    channels_last: bool = True  # NHWC: 1.4× faster training steps on CPU (benchmarks/profile_step.py)
+    channels_last: bool = True  # NHWC: 1.46× faster training steps on CPU (benchmarks/profile_step.py)
 
 
 class SegmentationModel(nn.Module):
@@ -40,7 +40,14 @@ class SegmentationModel(nn.Module):
     (e.g. a CAM head on the backbone's last features, an embedding head on the decoder).
     """
 
-    def __init__(self, backbone: Backbone, decoder: nn.Module, num_classes: int, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        decoder: nn.Module,
+        num_classes: int,
+        dropout: float = 0.1,
+        channels_last: bool = False,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.decoder = decoder
@@ -50,7 +57,10 @@ class SegmentationModel(nn.Module):
         self.heads = nn.ModuleDict()
         self._head_inputs: dict[str, str] = {}
         self.num_classes = num_classes
-        self.channels_last = False
+        # NHWC weights and inputs (converted in forward): 1.46× faster training, 2.3× faster inference on CPU.
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     @property
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -101,8 +111,4 @@ def build_model(cfg: ModelConfig, num_classes: int) -> SegmentationModel:
         plus=cfg.head == "deeplabv3plus",
         separable=cfg.separable,
     )
-    model = SegmentationModel(backbone, decoder, num_classes, cfg.dropout)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        model.channels_last = True  # inputs are converted too: 1.4× faster training, 2.3× faster inference on CPU
-    return model
+    return SegmentationModel(backbone, decoder, num_classes, cfg.dropout, cfg.channels_last)
