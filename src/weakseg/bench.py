@@ -31,7 +31,7 @@ from weakseg.methods import METHODS
 log = logging.getLogger(__name__)
 
 # Row order in the tables: the upper bound first, then methods as they land.
-METHOD_ORDER = ("full", "pce")
+METHOD_ORDER = ("full", "pce", "rloss")
 SUPERVISION_ORDER = ("full", "tags", "boxes", "points", "scribbles", "mixed")
 
 PROFILES: dict[str, list[str]] = {

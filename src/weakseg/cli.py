@@ -142,12 +142,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from weakseg.bench import bench
+    from weakseg.bench import METHOD_ORDER, bench
 
     bench(
         args.profile,
         args.datasets,
-        args.methods,
+        args.methods or list(METHOD_ORDER),
         args.supervisions,
         data_root=Path(args.data_root),
         results=Path(args.results),
@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", dest="profile", action="store_const", const="quick", help="same as --profile quick")
     p.add_argument("--standard", dest="profile", action="store_const", const="standard")
     p.add_argument("--datasets", nargs="+", default=["voc454", "camvid"])
-    p.add_argument("--methods", nargs="+", default=["full", "pce"])
+    p.add_argument("--methods", nargs="+", default=None, help="default: every method with benchmark rows")
     p.add_argument("--supervisions", nargs="+", default=None, help="only these supervisions (full always runs)")
     p.add_argument("--data-root", default="../shared/data", help="folder holding voc454/ and camvid/")
     p.add_argument("--results", default="benchmarks/results")

@@ -58,6 +58,11 @@ def check_common(out: Sample, src: Sample) -> None:
     pad = out.mask == IGNORE_INDEX
     assert np.all(out.scribble[pad] == IGNORE_INDEX)
     assert np.all(out.image[pad] == PAD)
+    # meta["valid"] is exactly the rectangle of real (non-padding) pixels
+    x0, y0, x1, y1 = out.meta["valid"]
+    real = np.zeros((h, w), dtype=bool)
+    real[y0:y1, x0:x1] = True
+    np.testing.assert_array_equal(real, ~pad)
     # inside uniform label areas the image's encoded source coordinates and region colour match the mask
     # (the crop border counts as non-uniform: bilinear sampling there also reads pixels outside the crop)
     lo = ndimage.minimum_filter(out.mask, 5, mode="constant", cval=IGNORE_INDEX)
@@ -73,7 +78,7 @@ def check_common(out: Sample, src: Sample) -> None:
     assert np.all((b[:, 0] >= 0) & (b[:, 2] <= w) & (b[:, 1] >= 0) & (b[:, 3] <= h))
     assert np.all((b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]))
     np.testing.assert_array_equal(out.tags, src.tags)
-    assert out.meta == src.meta and out.meta is not src.meta
+    assert {k: v for k, v in out.meta.items() if k != "valid"} == src.meta and out.meta is not src.meta
 
 
 def check_boxes(out: Sample, tol: float) -> None:

@@ -19,8 +19,12 @@ Batch = dict[str, object]
 
 
 def sample_to_tensors(sample: Sample, num_classes: int) -> dict:
-    """Tensors of one sample: uint8 image (3×H×W), int64 mask/scribble (255 where absent), points, boxes, tags."""
+    """Tensors of one sample: uint8 image (3×H×W), int64 mask/scribble (255 where absent), points, boxes, tags,
+    and ``valid``, a bool map of the real image pixels (False on augmentation padding, see ``meta["valid"]``)."""
     h, w = sample.size
+    valid = torch.zeros((h, w), dtype=torch.bool)
+    x0, y0, x1, y1 = sample.meta.get("valid", (0, 0, w, h))
+    valid[y0:y1, x0:x1] = True
     absent = torch.full((h, w), IGNORE_INDEX, dtype=torch.int64)
     tags = torch.zeros(num_classes, dtype=torch.float32)
     if sample.tags is not None:
@@ -33,6 +37,7 @@ def sample_to_tensors(sample: Sample, num_classes: int) -> dict:
         "points": torch.zeros(0, 3) if sample.points is None else torch.from_numpy(sample.points).float(),
         "boxes": torch.zeros(0, 5) if sample.boxes is None else torch.from_numpy(sample.boxes).float(),
         "tags": tags,
+        "valid": valid,
         "has": {
             "mask": sample.mask is not None,
             "tags": sample.tags is not None,
@@ -53,6 +58,7 @@ def collate(items: list[dict]) -> Batch:
         "points": [it["points"] for it in items],
         "boxes": [it["boxes"] for it in items],
         "tags": torch.stack([it["tags"] for it in items]),
+        "valid": torch.stack([it["valid"] for it in items]),
         "has": {k: torch.tensor([it["has"][k] for it in items]) for k in items[0]["has"]},
     }
 

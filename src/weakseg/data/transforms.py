@@ -44,7 +44,8 @@ class JointTransform:
     * Crop: a uniformly random ``crop_size`` square; points whose pixel leaves the crop are dropped, boxes are
       clipped to it and dropped when no area is left.
     * Flip: with probability 1/2 when ``hflip``; a pure mirror of every array and coordinate.
-    * Colour jitter: image only. Tags are untouched and ``meta`` is copied.
+    * Colour jitter: image only. Tags are untouched and ``meta`` is copied, with ``meta["valid"]`` set to the
+      ``(x0, y0, x1, y1)`` rectangle of real image pixels in the output (the rest is padding).
 
     Rescale, pad and crop are done in one step that resamples only the crop window (about 2 ms for 500×375).
     """
@@ -67,6 +68,7 @@ class JointTransform:
             window, out_shape = (x0, y0, min(x0 + size, nw), min(y0 + size, nh)), (size, size)
         else:
             window, out_shape = (0, 0, nw, nh), (nh, nw)
+        valid = (0, 0, window[2] - window[0], window[3] - window[1])  # image pixels (not padding) in the output
 
         # Rescale, pad and crop in one step: only the pixels of the crop window are resampled.
         bilinear, nearest = Image.Resampling.BILINEAR, Image.Resampling.NEAREST
@@ -84,6 +86,7 @@ class JointTransform:
 
         if cfg.hflip and rng.random() < 0.5:
             width = image.shape[1]
+            valid = (width - valid[2], valid[1], width - valid[0], valid[3])
             image = image[:, ::-1]
             maps = {k: None if m is None else m[:, ::-1] for k, m in maps.items()}
             if points is not None:
@@ -103,7 +106,7 @@ class JointTransform:
             points=None if points is None else _detach(points, sample.points),
             boxes=None if boxes is None else _detach(boxes, sample.boxes),
             tags=None if sample.tags is None else sample.tags.copy(),
-            meta=dict(sample.meta),
+            meta={**sample.meta, "valid": valid},
         )
 
 

@@ -176,6 +176,7 @@ class Trainer:
         mean, std = self.model.mean_std
         batch = move_batch(batch, self.device)
         images = normalize(batch["image"], mean, std)
+        self.method.begin_step(self.step, self.recipe.train.steps)
         with autocast(self.device, self.amp):
             outputs = self.model(images)
             loss, terms = self.method.loss(outputs, batch)

@@ -1,4 +1,4 @@
-from weakseg.methods import supervised
+from weakseg.methods import rloss, supervised
 from weakseg.methods.base import METHODS, Method, build_method, register_method
 
-__all__ = ["METHODS", "Method", "build_method", "register_method", "supervised"]
+__all__ = ["METHODS", "Method", "build_method", "register_method", "rloss", "supervised"]

@@ -33,6 +33,7 @@ class Method:
                 f"method '{self.name}' trains from {', '.join(self.supervisions)}, not supervision '{supervision}'"
             )
         self.args, self.supervision, self.class_set = args, supervision, class_set
+        self.step, self.total_steps = 0, 1
 
     def label_kinds(self) -> tuple[str, ...]:
         """Label kinds the training split must load (``mask`` only for full supervision)."""
@@ -51,6 +52,10 @@ class Method:
 
     def setup(self, model: nn.Module) -> None:
         """Attach the auxiliary heads the method needs (none by default)."""
+
+    def begin_step(self, step: int, total_steps: int) -> None:
+        """Called by the trainer before each step's loss (0-based ``step``): for losses that follow the schedule."""
+        self.step, self.total_steps = step, total_steps
 
     def loss(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
