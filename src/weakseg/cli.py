@@ -56,7 +56,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     device = select_device(args.device)
     model, recipe, _ = load_model_from_checkpoint(args.checkpoint, device)
-    recipe = from_dict(Recipe, apply_overrides(to_dict(recipe), args.overrides))
+    recipe = from_dict(Recipe, apply_overrides(to_dict(recipe), args.overrides)).check()
     split = args.split or recipe.data.val_split
     dataset = SegmentationDataset(recipe.data, split, kinds=("mask",), required=("mask",))
     pred_dir = Path(args.save_predictions) if args.save_predictions else None
@@ -85,7 +85,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     device = select_device(args.device)
     model, recipe, state = load_model_from_checkpoint(args.checkpoint, device)
-    recipe = from_dict(Recipe, apply_overrides(to_dict(recipe), args.overrides))
+    recipe = from_dict(Recipe, apply_overrides(to_dict(recipe), args.overrides)).check()
     paths = expand_inputs(args.inputs)
     out = Path(args.out)
     predict_files(model, paths, out, ClassSet.from_dict(state["class_set"]), recipe.eval, device, not args.quiet)

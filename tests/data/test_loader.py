@@ -34,7 +34,7 @@ def test_sampler_ranks_partition_the_global_batch() -> None:
 
 def test_collate_keeps_variable_length_labels() -> None:
     a = Sample("a", np.zeros((4, 5, 3), np.uint8), points=np.array([[1, 2, 3]], np.float32), tags=np.array([1]))
-    b = Sample("b", np.zeros((4, 5, 3), np.uint8), mask=np.ones((4, 5), np.uint8))
+    b = Sample("b", np.zeros((4, 5, 3), np.uint8), mask=np.ones((4, 5), np.uint8), meta={"valid": (0, 0, 3, 2)})
     batch = collate([sample_to_tensors(s, 4) for s in (a, b)])
     assert batch["image"].shape == (2, 3, 4, 5) and batch["image"].dtype == torch.uint8
     assert (batch["mask"][0] == IGNORE_INDEX).all() and (batch["mask"][1] == 1).all()
@@ -42,6 +42,7 @@ def test_collate_keeps_variable_length_labels() -> None:
     assert batch["tags"].tolist() == [[0, 1, 0, 0], [0, 0, 0, 0]]
     assert batch["has"]["points"].tolist() == [True, False]
     assert batch["has"]["mask"].tolist() == [False, True]
+    assert batch["valid"][0].all() and batch["valid"][1].sum() == 6 and batch["valid"][1, :2, :3].all()
 
 
 def test_rasterize_points_disk_and_nearest_wins() -> None:

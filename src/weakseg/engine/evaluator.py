@@ -13,9 +13,10 @@ from weakseg.data.dataset import SegmentationDataset
 from weakseg.data.formats import write_label_png
 from weakseg.data.loader import collate, sample_to_tensors
 from weakseg.engine.device import normalize
-from weakseg.engine.inference import predict_labels
+from weakseg.engine.inference import predict_probs
 from weakseg.engine.metrics import SegmentationMetrics
 from weakseg.engine.recipe import EvalConfig
+from weakseg.pseudo import DenseCRF
 
 
 class _EvalView(torch.utils.data.Dataset):
@@ -27,6 +28,20 @@ class _EvalView(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return sample_to_tensors(self.dataset[i], self.dataset.class_set.num_classes)
+
+
+def predict_with_config(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    cfg: EvalConfig,
+) -> torch.Tensor:
+    """B×H×W labels of uint8 B×3×H×W ``images`` with ``cfg``'s scales, flip and window, then its dense CRF if set."""
+    probs = predict_probs(logits_fn, normalize(images, mean, std), scales=cfg.scales, flip=cfg.flip, window=cfg.window)
+    if cfg.crf:
+        probs = DenseCRF(iterations=cfg.crf_iterations)(probs, images)
+    return probs.argmax(1)
 
 
 @torch.no_grad()
@@ -59,8 +74,7 @@ def evaluate(
     palette = class_set.palette_array()
     for batch in tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
         start = time.perf_counter()
-        images = normalize(batch["image"].to(device), mean, std)
-        pred = predict_labels(logits_fn, images, scales=cfg.scales, flip=cfg.flip, window=cfg.window).cpu()
+        pred = predict_with_config(logits_fn, batch["image"].to(device), mean, std, cfg).cpu()
         model_time += time.perf_counter() - start
         metrics.update(pred, batch["mask"])
         if prediction_dir is not None:

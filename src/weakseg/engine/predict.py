@@ -14,8 +14,7 @@ from weakseg.data.classes import ClassSet
 from weakseg.data.dataset import IMAGE_SUFFIXES
 from weakseg.data.formats import read_image, write_label_png
 from weakseg.data.sample import check_image_id
-from weakseg.engine.device import normalize
-from weakseg.engine.inference import predict_labels
+from weakseg.engine.evaluator import predict_with_config
 from weakseg.engine.recipe import EvalConfig
 from weakseg.errors import DataError
 
@@ -67,8 +66,8 @@ def predict_files(
     for path in tqdm(paths, desc="predict", disable=not progress, dynamic_ncols=True):
         stem = check_image_id(path.stem, path)
         image = read_image(path)
-        x = normalize(torch.from_numpy(image).permute(2, 0, 1)[None].to(device), mean, std)
-        label = predict_labels(lambda t: model(t)["logits"], x, scales=cfg.scales, flip=cfg.flip, window=cfg.window)
+        x = torch.from_numpy(image).permute(2, 0, 1)[None].to(device)
+        label = predict_with_config(lambda t: model(t)["logits"], x, mean, std, cfg)
         label = label[0].cpu().numpy().astype(np.uint8)
         write_label_png(out_dir / f"{stem}.png", label, class_set.palette_array())
         Image.fromarray(overlay(image, label, class_set)).save(out_dir / f"{stem}_overlay.jpg", quality=90)

@@ -43,6 +43,8 @@ class EvalConfig:
     boundary_tolerance: float = 0.008  # DAVIS: fraction of the image diagonal if < 1, else pixels
     max_images: int | None = None
     save_predictions: bool = False
+    crf: bool = False  # refine the probabilities with a dense CRF (weakseg.pseudo.DenseCRF, SPML's settings)
+    crf_iterations: int = 10
 
 
 @dataclass
@@ -67,6 +69,8 @@ class Recipe:
             raise ConfigError(f"train.schedule must be poly, cosine or constant, not {t.schedule!r}")
         if t.amp not in ("auto", "bf16", "fp16", "off"):
             raise ConfigError(f"train.amp must be auto, bf16, fp16 or off, not {t.amp!r}")
+        if self.eval.crf_iterations < 0:
+            raise ConfigError(f"eval.crf_iterations must be at least 0, not {self.eval.crf_iterations}")
         if not self.data.root:
             raise ConfigError("data.root is not set (add data.root=PATH)")
         return self

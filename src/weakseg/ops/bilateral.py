@@ -108,10 +108,11 @@ class PermutohedralLattice:
         bary[..., 0] += 1.0 + bary[..., d + 1]
         bary = bary[..., : d + 1].reshape(batch * n, d + 1)
 
-        # Coordinate bounds of the lattice points, from the features' range; one spare ring of vertices each side.
+        # Extent of each lattice coordinate over the pixels (Σ_i |E_ic|·range_i), with room for rounding, the simplex
+        # corrections, the vertices and their neighbours (7·(d+1) at most): keys stay exact and collision-free.
         f_low, f_high = torch.aminmax(features.reshape(-1, d).float(), dim=0)
-        reach = embedding.clamp(min=0) * (f_high - f_low)[:, None] - embedding.clamp(max=0) * (f_high - f_low)[:, None]
-        extent = [int(v) + 4 * (d + 1) for v in reach.sum(0)[:d].ceil().tolist()]
+        reach = (embedding.abs() * (f_high - f_low)[:, None]).sum(0)
+        extent = [int(v) + 4 * (d + 1) for v in reach[:d].ceil().tolist()]
 
         # A simplex is (image, remainder-0 point, ranks): code it, group the pixels, decode the groups.
         radix = _radices([batch] + [e // (d + 1) + 1 for e in extent] + [d + 1] * d)
@@ -198,7 +199,8 @@ def exact_gaussian_filter(features: torch.Tensor, values: torch.Tensor, chunk: i
     out = torch.empty(values.shape, dtype=torch.promote_types(values.dtype, features.dtype), device=values.device)
     for start in range(0, features.shape[1], chunk):
         block = features[:, start : start + chunk]
-        weights = torch.exp(-0.5 * torch.cdist(block, features).square())
+        distance = torch.cdist(block, features, compute_mode="donot_use_mm_for_euclid_dist")
+        weights = torch.exp(-0.5 * distance.square())
         out[:, start : start + chunk] = weights @ values.to(out.dtype)
     return out
 
