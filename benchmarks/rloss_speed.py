@@ -23,20 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from profile_step import timed  # benchmarks/ is on sys.path when this runs as a script
 
 from weakseg.engine.device import normalize
 from weakseg.losses import DenseCRFLoss, PartialCrossEntropy
 from weakseg.models import ModelConfig, build_model
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def photos(data: Path, batch: int, size: int) -> torch.Tensor:
@@ -68,13 +59,13 @@ def model_vs_loss(args: argparse.Namespace) -> list[dict]:
         loss.backward()
         opt.step()
 
-    step_s = timed(step, args.repeats)
+    step_s = statistics.median(timed(step, args.repeats))
     with torch.no_grad():
         logits = model(normalized)["logits"]  # stride 4: the loss resizes the softmax to the filtering scale
     rows = [{"name": f"model step {args.batch}×{args.size}² (lite0 DeepLab-v3+)", "seconds": step_s, "ratio": 1.0}]
     for kernel, scale in [("permutohedral", 0.5), ("permutohedral", 1.0), ("local", 0.5), ("local", 1.0)]:
         loss = DenseCRFLoss(kernel=kernel, scale_factor=scale)
-        seconds = timed(lambda loss=loss: loss_step(loss, logits, image), args.repeats)
+        seconds = statistics.median(timed(lambda loss=loss: loss_step(loss, logits, image), args.repeats))
         name = f"CRF loss fwd+bwd, {kernel}" + (" 11×11 window" if kernel == "local" else "") + f", scale {scale}"
         rows.append({"name": name, "seconds": seconds, "ratio": seconds / step_s})
     return rows

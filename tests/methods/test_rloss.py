@@ -82,3 +82,15 @@ def test_recipes_train_both_phases(shapes, tmp_path, supervision: str) -> None:
     assert [row["step"] for row in steps] == [1, 2, 3, 4]
     assert ["crf" in row for row in steps] == [False, False, True, True]  # steps 0, 1 | 2, 3 (0-based)
     assert all(row["crf"] < 0 and row["loss"] < row["pce"] for row in steps[2:])
+
+
+def test_crf_and_nc_share_one_filtering(monkeypatch: pytest.MonkeyPatch) -> None:
+    from weakseg.losses.regularized import BilateralKernel
+
+    calls = []
+    apply = BilateralKernel.apply
+    monkeypatch.setattr(BilateralKernel, "apply", lambda self, *a: calls.append(a[0].shape[1]) or apply(self, *a))
+    method = build_method("rloss", {"regularizer_start": 0.0, "nc_weight": 1.0}, "scribbles", VOC)
+    method.begin_step(0, 10)
+    _, terms = method.loss({"logits": torch.randn(2, 21, 8, 8)}, _batch())
+    assert set(terms) == {"pce", "crf", "nc"} and calls == [22]  # 21 classes + the ROI, filtered once

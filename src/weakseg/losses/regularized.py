@@ -54,10 +54,7 @@ class BilateralKernel(nn.Module):
             image = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
         if scores.shape[-2:] != size:
             scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
-        if roi is None:
-            roi = torch.ones_like(image[:, 0])
-        else:
-            roi = F.interpolate(roi[:, None].float(), size=size, mode="nearest")[:, 0]
+        roi = torch.ones_like(image[:, 0]) if roi is None else resize_roi(roi, size)
         return scores.float() * roi[:, None], image, roi
 
     def apply(self, values: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -72,6 +69,13 @@ class BilateralKernel(nn.Module):
             flat = values.detach().flatten(2).transpose(1, 2)
             filtered = dense_gaussian_filter(features, flat, self.kernel)
             return filtered.transpose(1, 2).reshape(b, c, h, w)
+
+
+def resize_roi(roi: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A ``B×H×W`` region-of-interest mask as float at ``size`` (nearest neighbour: no new values)."""
+    if roi.shape[-2:] == size:
+        return roi.float()
+    return F.interpolate(roi[:, None].float(), size=size, mode="nearest")[:, 0]
 
 
 def _probabilities(scores: torch.Tensor, from_logits: bool) -> torch.Tensor:
@@ -106,8 +110,11 @@ class DenseCRFLoss(nn.Module):
 
     def forward(self, scores: torch.Tensor, image: torch.Tensor, roi: torch.Tensor | None = None) -> torch.Tensor:
         probs, image, _ = self.kernel.prepare(_probabilities(scores, self.from_logits), image, roi)
-        quadratic = symmetric_quadratic(probs, self.kernel.apply(probs, image))
-        return -self.weight * quadratic.sum() / probs.shape[0]
+        return self.from_filtered(probs, self.kernel.apply(probs, image))
+
+    def from_filtered(self, probs: torch.Tensor, filtered: torch.Tensor) -> torch.Tensor:
+        """The loss from prepared ``probs`` and ``W·probs`` (for callers that filter once for several losses)."""
+        return -self.weight * symmetric_quadratic(probs, filtered).sum() / probs.shape[0]
 
 
 class NormalizedCutLoss(nn.Module):
@@ -133,7 +140,10 @@ class NormalizedCutLoss(nn.Module):
 
     def forward(self, scores: torch.Tensor, image: torch.Tensor, roi: torch.Tensor | None = None) -> torch.Tensor:
         probs, image, roi = self.kernel.prepare(_probabilities(scores, self.from_logits), image, roi)
-        filtered = self.kernel.apply(torch.cat([probs, roi[:, None]], dim=1), image)
+        return self.from_filtered(probs, self.kernel.apply(torch.cat([probs, roi[:, None]], dim=1), image))
+
+    def from_filtered(self, probs: torch.Tensor, filtered: torch.Tensor) -> torch.Tensor:
+        """The loss from prepared ``probs`` and ``W·[probs, roi]`` (K+1 channels: the last one is ``d``)."""
         association = symmetric_quadratic(probs, filtered[:, :-1])  # S_kᵀ W S_k, B×K
         volume = (probs * filtered[:, -1:]).flatten(2).sum(-1)  # d ᵀ S_k
         cut = volume - association  # S_kᵀ W (1 − S_k) inside the ROI
@@ -155,6 +165,5 @@ class EntropyLoss(nn.Module):
             entropy = -(scores * torch.log(scores.clamp_min(self.eps))).sum(1)
         if roi is None:
             return self.weight * entropy.mean()
-        if roi.shape[-2:] != entropy.shape[-2:]:
-            roi = F.interpolate(roi[:, None].float(), size=entropy.shape[-2:], mode="nearest")[:, 0]
+        roi = resize_roi(roi, tuple(entropy.shape[-2:]))
         return self.weight * (entropy * roi).sum() / roi.sum().clamp_min(1.0)

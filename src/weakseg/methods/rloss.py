@@ -66,15 +66,18 @@ class RegularizedLoss(PartialCE):
         if not self.regularizing():
             return pce, terms
         probs = torch.softmax(outputs["logits"].float(), dim=1)
-        image, valid = batch["image"], batch["valid"]
-        total = pce
-        for name, module in (("crf", self.crf), ("nc", self.nc)):
-            if module.weight:
-                term = module(probs, image, valid)
-                terms[name] = term.detach()
-                total = total + term
+        regularizers = {}
+        if self.crf.weight or self.nc.weight:
+            # CRF and NC share one kernel: one lattice and one filtering serve both (NC adds d = W·roi).
+            kernel = self.crf.kernel
+            scaled, image, roi = kernel.prepare(probs, batch["image"], batch["valid"])
+            channels = torch.cat([scaled, roi[:, None]], dim=1) if self.nc.weight else scaled
+            filtered = kernel.apply(channels, image)
+            if self.crf.weight:
+                regularizers["crf"] = self.crf.from_filtered(scaled, filtered[:, : scaled.shape[1]])
+            if self.nc.weight:
+                regularizers["nc"] = self.nc.from_filtered(scaled, filtered)
         if self.entropy.weight:
-            term = self.entropy(probs, valid)
-            terms["entropy"] = term.detach()
-            total = total + term
-        return total, terms
+            regularizers["entropy"] = self.entropy(probs, batch["valid"])
+        terms.update({name: term.detach() for name, term in regularizers.items()})
+        return sum(regularizers.values(), pce), terms
