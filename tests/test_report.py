@@ -31,7 +31,19 @@ def test_docs_tables_and_plot(tmp_path: Path) -> None:
     text = write_benchmark_docs(results, docs).read_text()
     voc = text[text.index("### voc454") :]
     assert voc.index("| full | full |") < voc.index("| pce | points |") < voc.index("| pce | scribbles |")
-    assert "| pce | points | 0.0100% | 0.200 |" in voc
+    assert "| pce | points | 0 | 0.0100% | 0.200 |" in voc
     assert "### camvid" in text and "`pce-points`: points protocol" in text
     assert "weakseg bench --profile standard --datasets camvid voc454 --methods full pce" in text
     assert (docs / "standard-benchmarks-miou-vs-labels.png").stat().st_size > 1000
+
+
+def test_rows_over_seeds_get_mean_and_spread(tmp_path: Path) -> None:
+    results, docs = tmp_path / "results", tmp_path / "docs"
+    for seed, miou in [(0, 0.20), (1, 0.30), (2, 0.25)]:
+        record = {**_record("voc454", "cam", "tags", miou, 0.1), "seed": seed, "command": f"bench seed {seed}"}
+        record["pseudo_labels"] = {"seed": {"miou": miou + 0.1, "boundary_f": 0.2}}
+        write_json(results / "standard" / "voc454" / f"cam-tags{f'-seed{seed}' if seed else ''}.json", record)
+    text = write_benchmark_docs(results, docs).read_text()
+    assert "| cam | tags | 2 | 10.0000% | 0.250 |" in text  # one table row per seed, in seed order
+    assert "| cam | tags | 0, 1, 2 | 0.350 ± 0.050 | 0.200 ± 0.000 | — | — | 0.250 ± 0.050 |" in text
+    assert "`cam-tags` seed 2: tags protocol" in text and "`cam-tags`: tags protocol" in text

@@ -31,7 +31,7 @@ from weakseg.methods import METHODS
 log = logging.getLogger(__name__)
 
 # Row order in the tables: the upper bound first, then methods as they land.
-METHOD_ORDER = ("full", "pce", "rloss")
+METHOD_ORDER = ("full", "pce", "rloss", "cam", "hfpl")
 SUPERVISION_ORDER = ("full", "tags", "boxes", "points", "scribbles", "mixed")
 
 PROFILES: dict[str, list[str]] = {
@@ -40,6 +40,8 @@ PROFILES: dict[str, list[str]] = {
     # The numbers we quote: about 11 minutes of training per row on 2 CPU cores.
     "standard": ["train.steps=700", "train.ckpt_every=100"],
 }
+# Overrides of the first (CAM) stage of multi-stage methods, per profile: their own step count.
+STAGE_PROFILES: dict[str, list[str]] = {"quick": ["train.steps=30"], "standard": []}
 SHARED = [
     "augment.crop_size=256",
     "augment.scale_range=[0.5, 1.5]",
@@ -110,10 +112,11 @@ class Row:
     supervision: str
     data_root: Path
     results: Path
+    seed: int = 0
 
     @property
     def name(self) -> str:
-        return f"{self.method}-{self.supervision}"
+        return f"{self.method}-{self.supervision}" + (f"-seed{self.seed}" if self.seed else "")
 
     @property
     def json_path(self) -> Path:
@@ -133,7 +136,11 @@ class Row:
             f"output_dir={cache / 'runs' / self.profile / self.dataset.name / self.name}",
             *SHARED,
             *PROFILES[self.profile],
+            f"train.seed={self.seed}",
         ]
+        stages = METHODS[self.method].stages
+        if len(stages) > 1:
+            overrides += [f"stages.{stages[0]}.{item}" for item in STAGE_PROFILES[self.profile]]
         if self.supervision != "full":
             overrides.append(f"data.labels={self.labels_dir(cache)}")
         return load_recipe([recipe_name(self.method, self.supervision), *self.dataset.recipes], overrides)
@@ -157,6 +164,7 @@ def plan_rows(
     supervisions: list[str] | None,
     data_root: Path,
     results: Path,
+    seeds: list[int] | None = None,
 ) -> list[Row]:
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r} (profiles: {', '.join(PROFILES)})")
@@ -173,7 +181,9 @@ def plan_rows(
             for supervision in METHODS[method].supervisions:
                 wanted = supervisions is None or supervision in supervisions or supervision == "full"
                 if wanted and supervision in bench.supervisions and supervision != "mixed":
-                    rows.append(Row(profile, bench, method, supervision, data_root, results))
+                    # The upper bound is trained once; the methods once per seed.
+                    for seed in [0] if supervision == "full" else seeds or [0]:
+                        rows.append(Row(profile, bench, method, supervision, data_root, results, seed))
     return rows
 
 
@@ -199,22 +209,25 @@ def ensure_labels(row: Row, cache: Path) -> dict:
 
 
 def run_row(row: Row, cache: Path, commit: str) -> dict:
-    """Train and evaluate one row in this process; return its JSON record."""
-    from weakseg.engine.trainer import Trainer
+    """Train and evaluate one row (every stage of its method) in this process; return its JSON record."""
+    from weakseg.engine.device import select_device
+    from weakseg.engine.pipeline import Pipeline
 
     start = time.perf_counter()
     labels = ensure_labels(row, cache) if row.supervision != "full" else None
     recipe = row.recipe(cache)
-    trainer = Trainer(recipe, progress=False)
+    pipeline = Pipeline(recipe, progress=False)
     if row.supervision == "full":
-        fraction, protocol = trainer.train_set.labelled_pixel_fraction("mask"), "full masks"
+        train = SegmentationDataset(recipe.data, recipe.data.train_split, kinds=("mask",), required=("mask",))
+        fraction, protocol = train.labelled_pixel_fraction("mask"), "full masks"
     else:
-        fraction = labels["summary"][row.supervision]["labelled_pixel_fraction"]
+        fraction = labels["summary"][row.supervision].get("labelled_pixel_fraction")
         protocol = row.dataset.protocol.describe([row.supervision], given_boxes=row.dataset.given_boxes is not None)
-    result = trainer.fit()
+    result = pipeline.run()
     m = result.metrics
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {
+    final = pipeline.stage_recipe(pipeline.stages[-1])
+    record = {
         "dataset": row.dataset.name,
         "profile": row.profile,
         "method": row.method,
@@ -229,13 +242,13 @@ def run_row(row: Row, cache: Path, commit: str) -> dict:
         "infer_images_per_s": m["infer_images_per_s"],
         "peak_rss_mb": peak,
         "wall_s": time.perf_counter() - start,
-        "train_steps": recipe.train.steps,
-        "device": str(trainer.device),
+        "train_steps": final.train.steps,
+        "device": str(select_device(recipe.train.device)),
         "hardware": hardware(),
-        "backbone": f"{recipe.model.backbone} ({trainer.model.backbone.info.weights_source})",
+        "backbone": f"{recipe.model.backbone} ({result.weights_source})",
         "head": f"{recipe.model.head}, output stride {recipe.model.output_stride}, {recipe.model.head_channels} ch",
-        "schedule": f"{recipe.train.steps} steps × batch {recipe.train.batch_size}, crop {recipe.augment.crop_size}, "
-        f"{recipe.train.optimizer} lr {recipe.train.lr} {recipe.train.schedule}",
+        "schedule": f"{final.train.steps} steps × batch {final.train.batch_size}, crop {final.augment.crop_size}, "
+        f"{final.train.optimizer} lr {final.train.lr} {final.train.schedule}",
         "eval": f"{row.dataset.name} val ({m['num_images']} images), scales {list(recipe.eval.scales)}, "
         f"flip {recipe.eval.flip}",
         "labels_protocol": protocol,
@@ -245,12 +258,31 @@ def run_row(row: Row, cache: Path, commit: str) -> dict:
         "command": command_for(row),
         "fingerprint": row.fingerprint(cache),
     }
+    if pipeline.multi_stage:
+        first = pipeline.stage_recipe(pipeline.stages[0])
+        record["stages"] = {
+            "wall_s": result.stage_wall_s,
+            pipeline.stages[0]: f"{first.method}: {first.train.steps} steps × batch {first.train.batch_size}, "
+            f"crop {first.augment.crop_size}, scale {list(first.augment.scale_range)}",
+        }
+        record["pseudo_labels"] = pseudo_summary(m["pseudo_labels"], recipe)
+    return record
+
+
+def pseudo_summary(metrics: dict, recipe: Recipe) -> dict:
+    """The seed-quality figures a bench row keeps: mIoU and boundary F of each labelling on the train split."""
+    out = {name: {"miou": metrics[name]["miou"], "boundary_f": metrics[name]["boundary_f"]} for name in
+           ("baseline", "seed", "refined")}  # fmt: skip
+    out["pseudo"] = {"miou": metrics["pseudo"]["miou"], "coverage": metrics["coverage"]}
+    out["images"] = metrics["images"]
+    out["config"] = to_dict(recipe.pseudo)
+    return out
 
 
 def command_for(row: Row) -> str:
     return (
         f"weakseg bench --profile {row.profile} --datasets {row.dataset.name} --methods {row.method} "
-        f"--supervisions {row.supervision}"
+        f"--supervisions {row.supervision}" + (f" --seeds {row.seed}" if row.seed else "")
     )
 
 
@@ -278,9 +310,10 @@ def bench(
     cache: Path,
     docs: Path,
     force: bool = False,
+    seeds: list[int] | None = None,
 ) -> list[Path]:
     """Run the rows that are missing or stale (each in a child process), then refresh ratios and docs."""
-    rows = plan_rows(profile, datasets, methods, supervisions, data_root, results)
+    rows = plan_rows(profile, datasets, methods, supervisions, data_root, results, seeds)
     commit = git_commit()
     done = []
     for row in rows:
@@ -298,6 +331,7 @@ def bench(
             row.dataset.name,
             row.method,
             row.supervision,
+            str(row.seed),
             str(data_root),
             str(results),
             str(cache),
@@ -316,9 +350,9 @@ def bench(
 
 
 def _child(argv: list[str]) -> None:
-    profile, dataset, method, supervision, data_root, results, cache, commit = argv
+    profile, dataset, method, supervision, seed, data_root, results, cache, commit = argv
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    row = Row(profile, DATASETS[dataset], method, supervision, Path(data_root), Path(results))
+    row = Row(profile, DATASETS[dataset], method, supervision, Path(data_root), Path(results), int(seed))
     record = run_row(row, Path(cache), commit)
     write_json(row.json_path, record)
 

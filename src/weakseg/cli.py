@@ -21,8 +21,8 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from weakseg.engine.pipeline import Pipeline
     from weakseg.engine.recipe import load_recipe
-    from weakseg.engine.trainer import Trainer
 
     recipes = [a for a in args.items if "=" not in a]
     overrides = [a for a in args.items if "=" in a]
@@ -30,17 +30,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         if DOTTED_KEY.fullmatch(item) and not item.endswith((".yaml", ".yml")) and not Path(item).exists():
             raise ConfigError(f"override {item!r} must look like key.sub=value")
     recipe = load_recipe(recipes, overrides)
-    trainer = Trainer(recipe, progress=not args.quiet)
-    log.info("weights: %s", trainer.model.backbone.info.weights_source)
-    if args.resume and trainer.resume():
-        log.info("resuming at step %d of %d", trainer.step, recipe.train.steps)
-    result = trainer.fit()
+    result = Pipeline(recipe, progress=not args.quiet).run(resume=args.resume, start=args.stage)
+    _print_pseudo_metrics(result.metrics.get("pseudo_labels"))
     _print_metrics(result.metrics, f"{recipe.method} / {recipe.supervision}")
     log.info(
-        "checkpoints and metrics in %s (%.1f images/s, %.0f s)",
+        "checkpoints and metrics in %s (final model %s, %.1f images/s in the last training stage)",
         result.output_dir,
+        result.final_checkpoint,
         result.train_images_per_s,
-        result.wall_s,
     )
     return 0
 
@@ -51,28 +48,58 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from weakseg.engine.config import apply_overrides, from_dict, to_dict
     from weakseg.engine.device import select_device
     from weakseg.engine.evaluator import evaluate
+    from weakseg.engine.pipeline import pseudo_label_dataset
+    from weakseg.engine.pseudo_labels import make_pseudo_labels
     from weakseg.engine.recipe import Recipe
     from weakseg.engine.trainer import load_model_from_checkpoint
+    from weakseg.methods import METHODS
 
     device = select_device(args.device)
-    model, recipe, _ = load_model_from_checkpoint(args.checkpoint, device)
+    checkpoint, seed_metrics = _resolve_checkpoint(Path(args.checkpoint))
+    model, recipe, _ = load_model_from_checkpoint(checkpoint, device)
     recipe = from_dict(Recipe, apply_overrides(to_dict(recipe), args.overrides)).check()
-    split = args.split or recipe.data.val_split
-    dataset = SegmentationDataset(recipe.data, split, kinds=("mask",), required=("mask",))
-    pred_dir = Path(args.save_predictions) if args.save_predictions else None
-    metrics = evaluate(
-        model,
-        dataset,
-        recipe.eval,
-        device,
-        num_workers=recipe.data.num_workers,
-        progress=not args.quiet,
-        prediction_dir=pred_dir,
-    )
-    _print_metrics(metrics, f"{args.checkpoint} on {split}")
+    if not METHODS[recipe.method].trains_decoder:
+        # A CAM learner: its output is the pseudo-labels; score them on the training split by default.
+        split = args.split or recipe.data.train_split
+        dataset = pseudo_label_dataset(recipe, split)
+        if "mask" not in dataset.kinds:
+            raise WeakSegError(f"{checkpoint}: split '{split}' has no masks to score the CAM pseudo-labels against")
+        pred_dir = Path(args.save_predictions) if args.save_predictions else None
+        metrics = make_pseudo_labels(
+            model, dataset, recipe.supervision, recipe.pseudo, device, out_dir=pred_dir, progress=not args.quiet
+        )
+        _print_pseudo_metrics(metrics, f"{checkpoint}: pseudo-labels on {split}")
+    else:
+        split = args.split or recipe.data.val_split
+        dataset = SegmentationDataset(recipe.data, split, kinds=("mask",), required=("mask",))
+        pred_dir = Path(args.save_predictions) if args.save_predictions else None
+        metrics = evaluate(
+            model,
+            dataset,
+            recipe.eval,
+            device,
+            num_workers=recipe.data.num_workers,
+            progress=not args.quiet,
+            prediction_dir=pred_dir,
+        )
+        _print_pseudo_metrics(seed_metrics)
+        _print_metrics(metrics, f"{checkpoint} on {split}")
+        if seed_metrics:
+            metrics["pseudo_labels"] = seed_metrics
     if args.out:
         write_json(args.out, metrics)
     return 0
+
+
+def _resolve_checkpoint(path: Path) -> tuple[Path, dict | None]:
+    """A checkpoint file, or a run folder: its final model (the last stage's) and its pseudo-label scores."""
+    if not path.is_dir():
+        return path, None
+    for candidate in (path / "last.pt", path / "seg" / "last.pt"):
+        if candidate.is_file():
+            pseudo = path / "pseudo" / "metrics.json"
+            return candidate, json.loads(pseudo.read_text()) if pseudo.is_file() else None
+    raise WeakSegError(f"{path}: no last.pt here or in seg/ (is it a finished run folder?)")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -154,8 +181,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
         cache=Path(args.cache),
         docs=Path(args.docs),
         force=args.force,
+        seeds=args.seeds,
     )
     return 0
+
+
+def _print_pseudo_metrics(metrics: dict | None, title: str = "pseudo-labels on the training images") -> None:
+    """Seed quality of a CAM pipeline: the plain baseline, the CAM seed, the refined seed and the kept labels."""
+    if not metrics or "seed" not in metrics:
+        return
+    from weakseg.engine.metrics import format_table
+    from weakseg.engine.pseudo_labels import STAGES
+
+    print(title)
+    rows = [{"labels": name, **{k: metrics[name][k] for k in ("miou", "boundary_f", "jf")}} for name in STAGES]
+    rows.append({"labels": f"pseudo ({metrics['coverage']:.1%} of pixels kept)", "miou": metrics["pseudo"]["miou"]})
+    print(format_table(rows, ["labels", "miou", "boundary_f", "jf"]))
 
 
 def _print_metrics(metrics: dict, title: str) -> None:
@@ -188,12 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="recipe files or built-in names (each overlaid on the previous, e.g. pce-points data-camvid), "
         "then key=value overrides, e.g. train.steps=200 data.root=DIR",
     )
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt if it exists")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip finished stages and continue the unfinished one from its last.pt",
+    )
+    p.add_argument("--stage", help="multi-stage methods: rerun from this stage on (e.g. pseudo), reusing earlier ones")
     common(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint on a split with masks")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("eval", help="evaluate a checkpoint or run folder on a split with masks")
+    p.add_argument(
+        "checkpoint",
+        help="a checkpoint or a run folder; a CAM learner's checkpoint scores its pseudo-labels (default: on train)",
+    )
     p.add_argument("overrides", nargs="*", help="key=value overrides of the checkpoint's recipe")
     p.add_argument("--split", help="split to evaluate (default: the recipe's val split)")
     p.add_argument("--device", default="auto")
@@ -254,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default="benchmarks/cache", help="simulated labels and run folders (not committed)")
     p.add_argument("--docs", default="docs")
     p.add_argument("--force", action="store_true", help="rerun rows even when their JSON is up to date")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="train each method row with these seeds")
     common(p)
     p.set_defaults(func=cmd_bench)
 

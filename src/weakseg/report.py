@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 from weakseg.bench import METHOD_ORDER, PROFILES, SUPERVISION_ORDER
@@ -11,11 +12,14 @@ PLOT_NAME = "benchmarks-miou-vs-labels.png"
 COLUMNS = (
     ("method", "method", "{}"),
     ("supervision", "supervision", "{}"),
+    ("seed", "seed", "{}"),
     ("labelled_pixel_fraction", "labelled pixels", "{:.4%}"),
     ("miou", "mIoU", "{:.3f}"),
     ("ratio_to_full", "ratio to full", "{:.2f}"),
     ("boundary_f", "boundary F", "{:.3f}"),
     ("jf", "J&F", "{:.3f}"),
+    ("pseudo_labels.seed.miou", "seed mIoU (train)", "{:.3f}"),
+    ("pseudo_labels.refined.miou", "refined seed", "{:.3f}"),
     ("train_images_per_s", "train img/s", "{:.1f}"),
     ("infer_images_per_s", "infer img/s", "{:.1f}"),
     ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
@@ -23,13 +27,21 @@ COLUMNS = (
 )
 
 
-def _order(record: dict) -> tuple[int, int]:
+def _order(record: dict) -> tuple[int, int, int]:
     method = METHOD_ORDER.index(record["method"]) if record["method"] in METHOD_ORDER else len(METHOD_ORDER)
-    return method, SUPERVISION_ORDER.index(record["supervision"])
+    return method, SUPERVISION_ORDER.index(record["supervision"]), record["seed"]
+
+
+def _value(record: dict, key: str) -> object:
+    """``record[key]``, following dots into nested records (None where absent)."""
+    value: object = record
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def _cell(record: dict, key: str, fmt: str) -> str:
-    value = record.get(key)
+    value = _value(record, key)
     if value is None:
         return "—"
     return fmt.format(value / 60 if key == "wall_s" else value)
@@ -40,6 +52,7 @@ def load_records(results: Path) -> dict[str, dict[str, list[dict]]]:
     out: dict[str, dict[str, list[dict]]] = {}
     for path in sorted(results.glob("*/*/*.json")):
         record = json.loads(path.read_text())
+        record.setdefault("seed", 0)  # rows from before seeds were recorded were trained with seed 0
         out.setdefault(record["profile"], {}).setdefault(record["dataset"], []).append(record)
     for datasets in out.values():
         for records in datasets.values():
@@ -54,6 +67,36 @@ def markdown_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+SEED_COLUMNS = (
+    ("pseudo_labels.seed.miou", "seed mIoU"),
+    ("pseudo_labels.seed.boundary_f", "seed F"),
+    ("pseudo_labels.refined.miou", "refined seed mIoU"),
+    ("pseudo_labels.refined.boundary_f", "refined seed F"),
+    ("miou", "val mIoU"),
+    ("boundary_f", "val boundary F"),
+)
+
+
+def seed_table(records: list[dict]) -> str | None:
+    """Mean ± standard deviation (and n) over seeds, for rows trained with more than one seed; None if none."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["method"], r["supervision"]), []).append(r)
+    groups = {key: rows for key, rows in groups.items() if len(rows) > 1}
+    if not groups:
+        return None
+    lines = ["| method | supervision | seeds | " + " | ".join(t for _, t in SEED_COLUMNS) + " |"]
+    lines.append("|" + "---|" * (len(SEED_COLUMNS) + 3))
+    for (method, supervision), rows in groups.items():
+        cells = []
+        for key, _ in SEED_COLUMNS:
+            values = [v for v in (_value(r, key) for r in rows) if v is not None]
+            cells.append(f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else "—")
+        seeds = ", ".join(str(r["seed"]) for r in rows)
+        lines.append(f"| {method} | {supervision} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_miou_vs_labels(records: list[dict], path: Path) -> None:
     """mIoU against labelled-pixel fraction (log scale), one marker series per dataset."""
     import matplotlib
@@ -61,6 +104,7 @@ def plot_miou_vs_labels(records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    records = [r for r in records if r.get("labelled_pixel_fraction") and not r.get("seed")]
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     for dataset in sorted({r["dataset"] for r in records}):
         rows = [r for r in records if r["dataset"] == dataset]
@@ -114,10 +158,18 @@ def write_benchmark_docs(results: Path, docs: Path) -> Path:
             "",
         ]
         for dataset, records in sorted(datasets.items()):
-            lines += [f"### {dataset}", "", markdown_table(records), "", "Label protocols and provenance:", ""]
+            lines += [f"### {dataset}", "", markdown_table(records), ""]
+            seeds = seed_table(records)
+            if seeds:
+                lines += ["Over seeds (mean ± standard deviation):", "", seeds, ""]
+            lines += ["Label protocols and provenance:", ""]
             for r in records:
+                described = [f"stage {k}: {v}" for k, v in r.get("stages", {}).items() if k != "wall_s"]
+                stages = "".join(f"; {d}" for d in described)
+                seed = f" seed {r['seed']}" if r["seed"] else ""
                 lines.append(
-                    f"- `{r['method']}-{r['supervision']}`: {r['labels_protocol']}; eval {r['eval']}; "
+                    f"- `{r['method']}-{r['supervision']}`{seed}: {r['labels_protocol']}{stages}; "
+                    f"eval {r['eval']}; "
                     f"commit `{r['git_commit']}`; `{r['command']}`"
                 )
             lines.append("")

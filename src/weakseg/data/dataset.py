@@ -36,6 +36,7 @@ class DataConfig:
     classes: str = "voc"  # a built-in class set (voc, camvid) or a YAML/JSON file with names and palette
     images: str = "JPEGImages"
     masks: str | None = "SegmentationClass"
+    train_masks: str | None = None  # label maps that replace the train split's masks (a pseudo-label folder)
     split_file: str | None = "ImageSets/Segmentation/{split}.txt"  # null: every image of the folder
     train_split: str = "train"
     val_split: str = "val"
@@ -155,7 +156,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             ids = formats.read_split_list(split_path)
         self.label_files = {kind: cfg.label_path(kind, split) for kind in LABEL_KINDS if kind in self.kinds}
         labels = {kind: self._read_weak(kind) for kind in self.label_files if kind != "scribbles"}
-        mask_dir = cfg.path(cfg.masks, split) if "mask" in self.kinds else None
+        masks = cfg.train_masks if cfg.train_masks is not None and split == cfg.train_split else cfg.masks
+        mask_dir = cfg.path(masks, split) if "mask" in self.kinds else None
         if "mask" in self.kinds and (mask_dir is None or not mask_dir.is_dir()):
             raise DataError(mask_dir, "mask folder not found")
         scribble_dir = self.label_files.get("scribbles")

@@ -11,6 +11,7 @@ from weakseg.data.transforms import AugmentConfig
 from weakseg.engine.config import apply_overrides, deep_merge, from_dict, load_recipe_dict
 from weakseg.errors import ConfigError
 from weakseg.models.segmentor import ModelConfig
+from weakseg.pseudo.cam import PseudoLabelConfig
 
 
 @dataclass
@@ -58,6 +59,9 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)  # multi-stage methods: CAMs → labels
+    # Per-stage overlays of this recipe, e.g. {cam: {train: {steps: 200}}} (stage names: the method's stages).
+    stages: dict = field(default_factory=dict)
 
     def check(self) -> Recipe:
         t = self.train
@@ -73,6 +77,7 @@ class Recipe:
             raise ConfigError(f"eval.crf_iterations must be at least 0, not {self.eval.crf_iterations}")
         if not self.data.root:
             raise ConfigError("data.root is not set (add data.root=PATH)")
+        self.pseudo.check()
         return self
 
 

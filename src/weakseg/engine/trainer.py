@@ -87,7 +87,7 @@ class Trainer:
         )
         self.val_set = self._val_set()
         self.model: SegmentationModel = build_model(recipe.model, self.class_set.num_classes)
-        self.method.setup(self.model)
+        self.method.setup(self.model, recipe.model)
         self.model.to(self.device)
         self.optimizer = self._optimizer()
         self.step = 0
@@ -96,7 +96,7 @@ class Trainer:
 
     def _val_set(self) -> SegmentationDataset | None:
         data = self.recipe.data
-        if not data.val_split or data.masks is None:
+        if not data.val_split or data.masks is None or not self.method.trains_decoder:
             return None
         return SegmentationDataset(data, data.val_split, kinds=("mask",), required=("mask",), class_set=self.class_set)
 
@@ -178,7 +178,7 @@ class Trainer:
         images = normalize(batch["image"], mean, std)
         self.method.begin_step(self.step, self.recipe.train.steps)
         with autocast(self.device, self.amp):
-            outputs = self.model(images)
+            outputs = self.model(images, decode=self.method.trains_decoder)
             loss, terms = self.method.loss(outputs, batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -276,6 +276,6 @@ def load_model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[
     class_set = ClassSet.from_dict(state["class_set"])
     recipe.model.pretrained = False
     model = build_model(recipe.model, class_set.num_classes)
-    build_method(recipe.method, recipe.method_args, recipe.supervision, class_set).setup(model)
+    build_method(recipe.method, recipe.method_args, recipe.supervision, class_set).setup(model, recipe.model)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), recipe, state

@@ -1,4 +1,13 @@
+from weakseg.losses.cam import FeatureSimilarityLoss, ImportanceSamplingLoss
 from weakseg.losses.partial_ce import PartialCrossEntropy
 from weakseg.losses.regularized import BilateralKernel, DenseCRFLoss, EntropyLoss, NormalizedCutLoss
 
-__all__ = ["BilateralKernel", "DenseCRFLoss", "EntropyLoss", "NormalizedCutLoss", "PartialCrossEntropy"]
+__all__ = [
+    "BilateralKernel",
+    "DenseCRFLoss",
+    "EntropyLoss",
+    "FeatureSimilarityLoss",
+    "ImportanceSamplingLoss",
+    "NormalizedCutLoss",
+    "PartialCrossEntropy",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 from weakseg.data.classes import ClassSet
 from weakseg.engine.config import from_dict
 from weakseg.errors import ConfigError
+from weakseg.models.segmentor import ModelConfig
 
 SUPERVISIONS = ("full", "tags", "boxes", "points", "scribbles", "mixed")
 
@@ -26,6 +28,11 @@ class Method:
     name: ClassVar[str]
     supervisions: ClassVar[tuple[str, ...]]
     Args: ClassVar[type] = NoArgs
+    # The stages ``weakseg train`` runs (engine.pipeline): one training stage, or e.g. cam → pseudo → seg.
+    stages: ClassVar[tuple[str, ...]] = ("train",)
+    # False for learners whose model output is not a segmentation (CAM classifiers): the decoder is not run and
+    # the stage is not validated on the val masks.
+    trains_decoder: ClassVar[bool] = True
 
     def __init__(self, args: object, supervision: str, class_set: ClassSet) -> None:
         if supervision not in self.supervisions:
@@ -50,8 +57,13 @@ class Method:
     def mixed_kinds(self) -> tuple[str, ...]:
         return ()
 
-    def setup(self, model: nn.Module) -> None:
-        """Attach the auxiliary heads the method needs (none by default)."""
+    def setup(self, model: nn.Module, cfg: ModelConfig) -> None:
+        """Attach the auxiliary heads the method needs (none by default) to ``model``, built from ``cfg``."""
+
+    def stage_overlay(self, stage: str, output_dir: Path) -> dict:
+        """Recipe keys a stage overrides (e.g. the second stage of a CAM pipeline trains ``full`` on pseudo-labels);
+        ``output_dir`` is the pipeline's output folder."""
+        return {}
 
     def begin_step(self, step: int, total_steps: int) -> None:
         """Called by the trainer before each step's loss (0-based ``step``): for losses that follow the schedule."""

@@ -92,6 +92,28 @@ def create_backbone(
     return Backbone(body, info)
 
 
+def create_pre_logits(
+    name: str = "tf_efficientnet_lite0", *, pretrained: bool = True, weights: str | None = None
+) -> tuple[nn.Module, int] | None:
+    """The layers a timm classifier runs between its last feature stage and the global pooling, with their ImageNet
+    weights when ``pretrained`` (same sources as :func:`create_backbone`), and their output channels.
+
+    EfficientNet and MobileNet stages end in a linear bottleneck; their ``conv_head`` (1×1 conv + BN + activation)
+    turns it into the non-negative features the ImageNet classifier pools. None for models without one (ResNets pool
+    their last, already rectified, stage).
+    """
+    reference = timm.create_model(name, pretrained=False)
+    if not isinstance(getattr(reference, "conv_head", None), nn.Conv2d) or not hasattr(reference, "bn2"):
+        return None
+    if pretrained:
+        loaded = imagenet_state_dict(name, weights, reference)
+        if loaded.state_dict is not None:
+            reference.load_state_dict(loaded.state_dict)
+        elif loaded.source == "timm hub":
+            reference = _from_hub(name, {})
+    return nn.Sequential(reference.conv_head, reference.bn2), reference.conv_head.out_channels
+
+
 def _from_hub(name: str, kwargs: dict) -> nn.Module:
     try:
         return timm.create_model(name, pretrained=True, **kwargs)

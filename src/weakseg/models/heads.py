@@ -79,14 +79,19 @@ class DeepLabDecoder(nn.Module):
 
 
 class CAMHead(nn.Module):
-    """Class activation maps: a 1×1 convolution to one score map per class (Zhou et al. 2016)."""
+    """Class activation maps: a 1×1 convolution to one score map per class (Zhou et al. 2016).
 
-    def __init__(self, cin: int, num_classes: int) -> None:
+    ``neck`` (``cin`` → ``neck_channels``), e.g. the backbone's own pre-pooling layers from
+    :func:`~weakseg.models.backbones.create_pre_logits`, runs first.
+    """
+
+    def __init__(self, cin: int, num_classes: int, neck: nn.Module | None = None, neck_channels: int = 0) -> None:
         super().__init__()
-        self.classifier = nn.Conv2d(cin, num_classes, 1, bias=False)
+        self.neck = neck if neck is not None else nn.Identity()
+        self.classifier = nn.Conv2d(neck_channels if neck is not None else cin, num_classes, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(x)
+        return self.classifier(self.neck(x))
 
 
 class ProjectionHead(nn.Module):

@@ -81,18 +81,20 @@ class SegmentationModel(nn.Module):
         self.heads[name] = head.to(memory_format=torch.channels_last) if self.channels_last else head
         self._head_inputs[name] = source
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    def forward(self, x: torch.Tensor, decode: bool = True) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """With ``decode=False`` only the backbone and the heads fed by it run (a CAM learner's classifier)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         features = self.backbone(x)
-        decoded = self.decoder(features)
-        out: dict[str, torch.Tensor | list[torch.Tensor]] = {
-            "logits": self.classifier(decoded),
-            "decoder": decoded,
-            "features": features,
-        }
+        out: dict[str, torch.Tensor | list[torch.Tensor]] = {"features": features}
+        if decode:
+            out["decoder"] = self.decoder(features)
+            out["logits"] = self.classifier(out["decoder"])
         for name, head in self.heads.items():
-            out[name] = head(decoded if self._head_inputs[name] == "decoder" else features[-1])
+            if self._head_inputs[name] == "backbone":
+                out[name] = head(features[-1])
+            elif decode:
+                out[name] = head(out["decoder"])
         return out
 
 

@@ -1,0 +1,78 @@
+"""Pseudo-label quality of one finished CAM stage under each refinement (the "seed" mIoU on the train split).
+
+    python benchmarks/cam_refinement.py [--dataset voc454] [--method cam] [--supervision tags] [--seed 0]
+
+Reads the CAM stage of the standard-profile bench row (run it first: `weakseg bench --methods cam ...`), labels
+every training image with each variant of the recipe's `pseudo` section and writes baseline / seed / refined /
+kept-label scores and the seconds per image to `benchmarks/results/ablations/<dataset>-<method>-<supervision>-
+refinement.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from weakseg.bench import DATASETS, Row, git_commit
+from weakseg.data.formats import write_json
+from weakseg.engine.config import to_dict
+from weakseg.engine.device import select_device
+from weakseg.engine.pipeline import Pipeline, pseudo_label_dataset
+from weakseg.engine.pseudo_labels import make_pseudo_labels
+from weakseg.engine.trainer import load_model_from_checkpoint
+from weakseg.pseudo.cam import PseudoLabelConfig
+
+VARIANTS = {
+    "none": {"refine": "none"},
+    "pamr": {"refine": "pamr"},
+    "random walk": {"refine": "random_walk"},
+    "dense CRF": {"refine": "none", "crf": True},
+    "pamr + dense CRF": {"refine": "pamr", "crf": True},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dataset", default="voc454", choices=sorted(DATASETS))
+    parser.add_argument("--method", default="cam", choices=("cam", "hfpl"))
+    parser.add_argument("--supervision", default="tags", choices=("tags", "boxes"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--data-root", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--cache", type=Path, default=Path("benchmarks/cache"))
+    args = parser.parse_args()
+
+    row = Row(
+        "standard", DATASETS[args.dataset], args.method, args.supervision, args.data_root, args.results, args.seed
+    )
+    recipe = row.recipe(args.cache)
+    pipeline = Pipeline(recipe, progress=False)
+    checkpoint = pipeline.stage_dir(pipeline.stages[0]) / "last.pt"
+    if not pipeline.finished(pipeline.stages[0]):
+        raise SystemExit(f"{checkpoint}: run the bench row first ({row.name})")
+    device = select_device(recipe.train.device)
+    model, _, _ = load_model_from_checkpoint(checkpoint, device)
+    dataset = pseudo_label_dataset(recipe, recipe.data.train_split)
+    out = {"row": row.name, "checkpoint_recipe": to_dict(pipeline.stage_recipe(pipeline.stages[0])),
+           "git_commit": git_commit(), "images": len(dataset), "variants": {}}  # fmt: skip
+    for name in args.variants:
+        cfg = PseudoLabelConfig(**{**vars(recipe.pseudo), **VARIANTS[name]})
+        start = time.perf_counter()
+        metrics = make_pseudo_labels(model, dataset, args.supervision, cfg, device, progress=False)
+        seconds = (time.perf_counter() - start) / len(dataset)
+        summary = {k: {"miou": metrics[k]["miou"], "boundary_f": metrics[k]["boundary_f"]} for k in
+                   ("baseline", "seed", "refined")}  # fmt: skip
+        summary["pseudo"] = {"miou": metrics["pseudo"]["miou"], "coverage": metrics["coverage"]}
+        out["variants"][name] = {"config": to_dict(cfg), "s_per_image": seconds, **summary}
+        print(f"{name:>18}: seed {summary['seed']['miou']:.3f} → refined {summary['refined']['miou']:.3f} "
+              f"(F {summary['seed']['boundary_f']:.3f} → {summary['refined']['boundary_f']:.3f}), kept "
+              f"{summary['pseudo']['miou']:.3f} on {summary['pseudo']['coverage']:.1%}, {seconds:.2f} s/image")  # fmt: skip
+    path = args.results / "ablations" / f"{args.dataset}-{args.method}-{args.supervision}-refinement.json"
+    write_json(path, out)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Multi-stage training from one recipe: a method's stages run in order, each in its own folder, resumable.
+
+Single-stage methods have one stage, ``train``, that writes to the recipe's ``output_dir`` itself. Multi-stage
+methods (the CAM learners: ``cam`` → ``pseudo`` → ``seg``) write ``output_dir/<stage>/``; each stage's recipe is the
+recipe overlaid with ``stages.<stage>`` and then with what the method sets for that stage. With ``resume`` a
+finished stage whose recipe is unchanged is skipped and an unfinished training stage continues from its
+``last.pt``; ``start`` reruns from a given stage on, reusing the finished stages before it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from weakseg.data.dataset import SegmentationDataset, resolve_class_set
+from weakseg.data.formats import write_json
+from weakseg.engine.config import deep_merge, from_dict, to_dict
+from weakseg.engine.device import select_device
+from weakseg.engine.pseudo_labels import make_pseudo_labels
+from weakseg.engine.recipe import Recipe
+from weakseg.engine.trainer import RESUME_INVARIANTS, Trainer, load_model_from_checkpoint
+from weakseg.errors import ConfigError, DataError, TrainingError
+from weakseg.methods import build_method
+
+log = logging.getLogger(__name__)
+
+PSEUDO_STAGE = "pseudo"  # the stage that turns a CAM learner into label maps; every other stage trains
+
+
+@dataclass
+class PipelineResult:
+    output_dir: Path
+    metrics: dict  # the final model's val metrics; multi-stage runs add "pseudo_labels" (seed quality on train)
+    final_checkpoint: Path
+    train_images_per_s: float  # of the last training stage run
+    weights_source: str  # the ImageNet weights the last training stage started from
+    stage_wall_s: dict[str, float] = field(default_factory=dict)
+
+
+class Pipeline:
+    """Runs the stages of ``recipe.method``."""
+
+    def __init__(self, recipe: Recipe, *, progress: bool = True) -> None:
+        self.recipe, self.progress = recipe, progress
+        self.out = Path(recipe.output_dir)
+        class_set = resolve_class_set(recipe.data, recipe.data.train_split)
+        self.method = build_method(recipe.method, recipe.method_args, recipe.supervision, class_set)
+        self.stages = self.method.stages
+        for name, overlay in recipe.stages.items():
+            if name not in self.stages:
+                raise ConfigError(f"stages.{name}: method '{recipe.method}' has stages {', '.join(self.stages)}")
+            from_dict(Recipe, overlay, f"stages.{name}")
+
+    @property
+    def multi_stage(self) -> bool:
+        return len(self.stages) > 1
+
+    def stage_dir(self, name: str) -> Path:
+        return self.out / name if self.multi_stage else self.out
+
+    def stage_recipe(self, name: str) -> Recipe:
+        """The recipe a training stage runs: overlaid with ``stages.<name>`` and the method's settings."""
+        data = to_dict(self.recipe)
+        data = deep_merge(data, self.recipe.stages.get(name, {}))
+        overlay = self.method.stage_overlay(name, self.out)
+        data = deep_merge(data, overlay)
+        if "method_args" in overlay:  # another method's arguments replace, not extend, the recipe's
+            data["method_args"] = overlay["method_args"]
+        data["output_dir"] = str(self.stage_dir(name))
+        data["stages"] = {}
+        return from_dict(Recipe, data).check()
+
+    def final_checkpoint(self) -> Path:
+        return self.stage_dir(self.stages[-1]) / "last.pt"
+
+    # ------------------------------------------------------------------ completion
+    def finished(self, name: str) -> bool:
+        """Whether stage ``name`` ran to its end with the recipe it would run with now."""
+        folder = self.stage_dir(name)
+        metrics = folder / "metrics.json"
+        if not metrics.is_file():
+            return False
+        if name == PSEUDO_STAGE:
+            return json.loads(metrics.read_text()).get("config") == self._pseudo_fingerprint()
+        recipe_file = folder / "recipe.yaml"
+        if not recipe_file.is_file():
+            return False
+        saved, current = yaml.safe_load(recipe_file.read_text()), to_dict(self.stage_recipe(name))
+        return all(saved.get(k) == current.get(k) for k in (*RESUME_INVARIANTS, "train"))
+
+    def _pseudo_fingerprint(self) -> dict:
+        return {"pseudo": to_dict(self.recipe.pseudo), "checkpoint": str(self.stage_dir(self.stages[0]) / "last.pt")}
+
+    # ------------------------------------------------------------------ running
+    def run(self, *, resume: bool = False, start: str | None = None) -> PipelineResult:
+        if start is not None and start not in self.stages:
+            raise ConfigError(f"--stage {start}: method '{self.recipe.method}' has stages {', '.join(self.stages)}")
+        first = self.stages.index(start) if start else 0
+        for name in self.stages[:first]:
+            if not self.finished(name):
+                raise TrainingError(f"{self.stage_dir(name)}: stage '{name}' has not finished; cannot start at {start}")
+        walls: dict[str, float] = {}
+        images_per_s, weights = 0.0, "not run (all stages had finished)"
+        for name in self.stages[first:]:
+            if resume and start is None and self.finished(name):
+                log.info("stage %s: finished, skipped (%s)", name, self.stage_dir(name))
+                continue
+            begin = time.perf_counter()
+            if name == PSEUDO_STAGE:
+                self.run_pseudo_labels()
+            else:
+                images_per_s, weights = self.run_training(name, resume=resume and start is None)
+            walls[name] = time.perf_counter() - begin
+        metrics = self._final_metrics()
+        return PipelineResult(self.out, metrics, self.final_checkpoint(), images_per_s, weights, walls)
+
+    def run_training(self, name: str, *, resume: bool) -> tuple[float, str]:
+        """Train stage ``name``; returns its images/s and the weights it started from."""
+        recipe = self.stage_recipe(name)
+        trainer = Trainer(recipe, progress=self.progress)
+        log.info("stage %s: %s / %s, weights: %s", name, recipe.method, recipe.supervision,
+                 trainer.model.backbone.info.weights_source)  # fmt: skip
+        if resume and trainer.resume():
+            log.info("stage %s: resuming at step %d of %d", name, trainer.step, recipe.train.steps)
+        return trainer.fit().train_images_per_s, trainer.model.backbone.info.weights_source
+
+    def run_pseudo_labels(self) -> dict:
+        """CAMs of the training split → ``pseudo/labels/*.png`` and ``pseudo/metrics.json``."""
+        folder = self.stage_dir(PSEUDO_STAGE)
+        checkpoint = self.stage_dir(self.stages[0]) / "last.pt"
+        device = select_device(self.recipe.train.device)
+        model, _, state = load_model_from_checkpoint(checkpoint, device)
+        dataset = pseudo_label_dataset(self.recipe, self.recipe.data.train_split)
+        metrics = make_pseudo_labels(
+            model, dataset, self.recipe.supervision, self.recipe.pseudo, device,
+            out_dir=folder / "labels", progress=self.progress,
+        )  # fmt: skip
+        metrics["config"] = self._pseudo_fingerprint()
+        metrics["cam_step"] = state["step"]
+        write_json(folder / "metrics.json", metrics)
+        if "seed" in metrics:
+            log.info("stage pseudo: seed mIoU %.4f, refined %.4f, pseudo-labels %.4f on %.1f%% of the pixels",
+                     metrics["seed"]["miou"], metrics["refined"]["miou"], metrics["pseudo"]["miou"],
+                     100 * metrics["coverage"])  # fmt: skip
+        return metrics
+
+    def _final_metrics(self) -> dict:
+        path = self.stage_dir(self.stages[-1]) / "metrics.json"
+        metrics = json.loads(path.read_text()) if path.is_file() else {}
+        if self.multi_stage:
+            pseudo = self.stage_dir(PSEUDO_STAGE) / "metrics.json"
+            if pseudo.is_file():
+                metrics["pseudo_labels"] = json.loads(pseudo.read_text())
+            write_json(self.out / "metrics.json", metrics)
+        return metrics
+
+
+def pseudo_label_dataset(recipe: Recipe, split: str) -> SegmentationDataset:
+    """``split`` with the weak labels the CAM pipeline reads, and its masks when they exist (for seed scores)."""
+    kinds = (recipe.supervision,)
+    try:
+        return SegmentationDataset(recipe.data, split, kinds=(*kinds, "mask"), required=kinds)
+    except DataError as exc:
+        log.info("pseudo-labels of %s are not scored: no usable masks (%s)", split, exc)
+        return SegmentationDataset(recipe.data, split, kinds=kinds, required=kinds)

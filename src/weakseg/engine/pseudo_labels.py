@@ -1,0 +1,165 @@
+"""The pseudo-label stage: a CAM learner's maps on every training image → refined label maps (with ignore), and
+their quality against the training masks when those exist (the "seed" mIoU before and after refinement)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from weakseg.data.classes import IGNORE_INDEX, ClassSet
+from weakseg.data.dataset import SegmentationDataset
+from weakseg.data.formats import write_label_png
+from weakseg.data.sample import Sample
+from weakseg.engine.device import normalize
+from weakseg.engine.metrics import ConfusionMatrix, SegmentationMetrics
+from weakseg.pseudo import PAMR, DenseCRF, RandomWalk
+from weakseg.pseudo.cam import (
+    PseudoLabelConfig,
+    background_score,
+    banded_labels,
+    box_region,
+    box_scores,
+    extract_cams,
+    filled_boxes,
+    filled_image,
+    label_scores,
+    max_normalise,
+)
+
+log = logging.getLogger(__name__)
+
+# The maps a pseudo-label run scores against the masks, in report order.
+STAGES = ("baseline", "seed", "refined")
+
+
+@dataclass
+class CamLabels:
+    """One image's label maps: the plain baseline, the CAM seed, the refined seed and the training pseudo-label."""
+
+    baseline: Tensor
+    seed: Tensor
+    refined: Tensor
+    pseudo: Tensor
+
+
+class PseudoLabeller:
+    """Turns a CAM learner (a model whose forward with ``decode=False`` returns ``cam`` score maps) into labels."""
+
+    def __init__(self, model: torch.nn.Module, class_set: ClassSet, cfg: PseudoLabelConfig, device: torch.device):
+        self.model, self.class_set, self.cfg, self.device = model.eval(), class_set, cfg.check(), device
+        self.background = class_set.background
+        self.pamr = PAMR()
+        self.random_walk = RandomWalk()
+        self.crf = DenseCRF()
+
+    def _forward(self, x: Tensor) -> dict:
+        return self.model(x, decode=False)
+
+    @torch.no_grad()
+    def __call__(self, sample: Sample, kind: str) -> CamLabels:
+        """Label maps of one sample from its ``kind`` (``tags`` or ``boxes``) labels."""
+        cfg, bg = self.cfg, self.background
+        image = torch.from_numpy(sample.image).permute(2, 0, 1)[None].to(self.device)
+        height, width = sample.size
+        x = normalize(image, *self.model.mean_std)
+        cams = extract_cams(lambda t: self._forward(t)["cam"], x, cfg.scales, cfg.flip)[0]
+        if kind == "boxes":
+            boxes = torch.as_tensor(sample.boxes, dtype=torch.float32)
+            classes = sorted({int(c) for c in boxes[:, 4].tolist()} - {bg})
+            fg = box_scores(cams, boxes, classes)
+            region = box_region(boxes, height, width).to(self.device)
+            mode, t, band = "threshold", cfg.box_threshold, cfg.box_ignore_band
+            baseline = filled_boxes(boxes, height, width, bg)
+        else:
+            classes = sorted({int(c) for c in sample.tags} - {bg})
+            fg = max_normalise(cams[classes])
+            region = None
+            mode, t, band = cfg.background, cfg.background_param, cfg.ignore_band
+            baseline = filled_image(classes, height, width, bg)
+        seed = label_scores(fg, classes, bg, mode, t)
+        refined_fg = self._refine(fg, image, x, region) if classes else fg
+        refined = label_scores(refined_fg, classes, bg, mode, t)
+        pseudo = banded_labels(refined_fg, classes, bg, mode, band, t)
+        if cfg.crf and classes:
+            refined = self._crf(refined_fg, classes, image, mode, t)
+            pseudo = torch.where(pseudo == IGNORE_INDEX, pseudo, refined)
+        return CamLabels(baseline.cpu(), seed.cpu(), refined.cpu(), pseudo.cpu())
+
+    def _refine(self, fg: Tensor, image: Tensor, x: Tensor, region: Tensor | None) -> Tensor:
+        if self.cfg.refine == "pamr":
+            out = self.pamr(fg[None], image.float())[0]
+        elif self.cfg.refine == "random_walk":
+            features = self._forward(x)["features"][-1].float()
+            coarse = F.adaptive_avg_pool2d(fg[None], features.shape[-2:])
+            walked = self.random_walk(coarse, features)
+            out = F.interpolate(walked, fg.shape[-2:], mode="bilinear", align_corners=False)[0]
+        else:
+            return fg
+        if region is not None:
+            out = out * region
+        return max_normalise(out) if self.cfg.refine == "random_walk" else out
+
+    def _crf(self, fg: Tensor, classes: list[int], image: Tensor, mode: str, t: float) -> Tensor:
+        stack = torch.cat([background_score(fg, mode, t), fg], dim=0).clamp_min(1e-5)
+        probs = self.crf((stack / stack.sum(0, keepdim=True))[None], image)[0]
+        bg_id = IGNORE_INDEX if self.background is None else self.background
+        ids = torch.tensor([bg_id, *classes], dtype=torch.int64, device=probs.device)
+        return ids[probs.argmax(0)]
+
+
+def make_pseudo_labels(
+    model: torch.nn.Module,
+    dataset: SegmentationDataset,
+    kind: str,
+    cfg: PseudoLabelConfig,
+    device: torch.device,
+    *,
+    out_dir: Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Label every image of ``dataset`` from its ``kind`` labels; write the pseudo-labels to ``out_dir`` (palette
+    PNGs, 255 = ignore) and, when the dataset has masks, score the maps against them.
+
+    Returns ``{"images": n, "coverage": labelled fraction of the pseudo-labels}`` plus, with masks, ``baseline``,
+    ``seed`` and ``refined`` metrics (mIoU, boundary F, J&F of dense maps) and ``pseudo`` (mIoU over the pixels the
+    pseudo-labels keep, the precision that the second stage trains on).
+    """
+    class_set = dataset.class_set
+    labeller = PseudoLabeller(model, class_set, cfg, device)
+    k, ignore = class_set.num_classes, class_set.ignore_index
+    scores = {name: SegmentationMetrics(k, ignore) for name in STAGES}
+    kept = ConfusionMatrix(k, ignore)
+    labelled = total = 0
+    has_masks = "mask" in dataset.kinds
+    palette = class_set.palette_array()
+    for i in tqdm(range(len(dataset)), desc="pseudo-labels", disable=not progress, dynamic_ncols=True):
+        sample = dataset[i]
+        maps = labeller(sample, kind)
+        labelled += int((maps.pseudo != IGNORE_INDEX).sum())
+        total += maps.pseudo.numel()
+        if out_dir is not None:
+            write_label_png(out_dir / f"{sample.image_id}.png", maps.pseudo.numpy().astype("uint8"), palette)
+        if has_masks:
+            mask = torch.from_numpy(sample.mask.astype("int64"))
+            for name in STAGES:
+                scores[name].update(_dense(getattr(maps, name)), mask)
+            keep = maps.pseudo != IGNORE_INDEX
+            kept.update(torch.where(keep, maps.pseudo, 0), torch.where(keep, mask, ignore))
+    result: dict = {"images": len(dataset), "coverage": labelled / max(total, 1), "kind": kind}
+    if has_masks:
+        for name in STAGES:
+            m = scores[name].compute()
+            result[name] = {key: m[key] for key in ("miou", "boundary_f", "jf", "per_class_iou")}
+        result["pseudo"] = {key: value for key, value in kept.compute().items() if key in ("miou", "per_class_iou")}
+    return result
+
+
+def _dense(labels: Tensor) -> Tensor:
+    """Ignored pixels of a dense map (class sets without background) scored as class 0, i.e. as wrong."""
+    return torch.where(labels == IGNORE_INDEX, 0, labels)

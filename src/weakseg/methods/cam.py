@@ -1,0 +1,120 @@
+"""CAM learners for tags and boxes: ``cam`` (GAP + multilabel soft margin, Zhou et al. 2016) and ``hfpl``
+(binomial importance sampling + feature similarity, Jonnarth et al.), both three-stage methods:
+
+1. ``cam``: train the classifier (a 1×1 CAM head on the backbone's last features) on image-level tags (for box
+   supervision, the classes of the boxes left in the augmented crop);
+2. ``pseudo``: CAMs of every training image (multi-scale + flip) → refined pseudo-labels with ignore
+   (``weakseg.engine.pseudo_labels``, configured by the recipe's ``pseudo`` section);
+3. ``seg``: train the segmentation model on them (cross-entropy, ignore skipped) from fresh ImageNet weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from weakseg.errors import ConfigError
+from weakseg.losses import FeatureSimilarityLoss, ImportanceSamplingLoss
+from weakseg.methods.base import Method, register_method
+from weakseg.models.backbones import create_pre_logits
+from weakseg.models.heads import CAMHead
+from weakseg.models.segmentor import ModelConfig, SegmentationModel
+
+NECKS = ("pretrained", "none")
+
+
+@dataclass
+class CAMArgs:
+    # pretrained: the CAM head reads the backbone's own ImageNet pre-pooling layers (EfficientNet's conv_head:
+    # 1×1 conv + BN + ReLU6), so the maps are linear in non-negative features as with the papers' ResNets; none:
+    # the last stage's linear bottleneck directly (voc454 seeds: CAMs fire on borders and background).
+    neck: str = "pretrained"
+
+
+@register_method
+class CAMLearner(Method):
+    """Stage 1 of the CAM pipeline: L = multilabel soft margin of the globally average-pooled CAMs (HFPL eq. 17)."""
+
+    name = "cam"
+    supervisions = ("tags", "boxes")
+    Args = CAMArgs
+    stages = ("cam", "pseudo", "seg")
+    trains_decoder = False
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        if self.args.neck not in NECKS:
+            raise ConfigError(f"method_args.neck must be one of {', '.join(NECKS)}, not {self.args.neck!r}")
+        background = self.class_set.background
+        self.foreground = [c for c in range(self.class_set.num_classes) if c != background]
+        self.classification = ImportanceSamplingLoss(lam=0.0)
+
+    def setup(self, model: SegmentationModel, cfg: ModelConfig) -> None:
+        neck = None
+        if self.args.neck == "pretrained":
+            neck = create_pre_logits(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.weights)
+        head = CAMHead(model.head_input_channels("backbone"), self.class_set.num_classes, *(neck or ()))
+        model.add_head("cam", head, "backbone")
+
+    def stage_overlay(self, stage: str, output_dir: Path) -> dict:
+        if stage == "seg":
+            labels = str((output_dir / "pseudo" / "labels").resolve())
+            return {"method": "full", "supervision": "full", "method_args": {}, "data": {"train_masks": labels}}
+        return {}
+
+    def image_tags(self, batch: dict) -> torch.Tensor:
+        """B×C' 0/1 foreground tags: the image's tags, or the classes of the boxes inside the crop."""
+        if self.supervision == "tags":
+            return batch["tags"][:, self.foreground]
+        tags = torch.zeros_like(batch["tags"])
+        for b, boxes in enumerate(batch["boxes"]):
+            tags[b, boxes[:, 4].long()] = 1.0
+        return tags[:, self.foreground]
+
+    def cam_inputs(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Foreground score maps (float32), tags, and the valid (non-padding) pixels at the CAM's size."""
+        scores = outputs["cam"][:, self.foreground].float()
+        valid = F.adaptive_avg_pool2d(batch["valid"][:, None].float(), scores.shape[-2:])[:, 0] > 0.5
+        return scores, self.image_tags(batch), valid
+
+    def loss(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        scores, tags, valid = self.cam_inputs(outputs, batch)
+        loss = self.classification(scores, tags, valid)
+        return loss, {"cls": loss.detach()}
+
+
+@dataclass
+class HFPLArgs(CAMArgs):
+    samples: int = 10  # N pixels drawn per image and class (eq. 18)
+    isl_weight: float = 0.2  # λ in L_cls = (1 − λ) L_GAP + λ L_IS (eq. 16)
+    fsl_weight: float = 1.0
+    mu: float = 2.5  # FSL dissimilarity threshold (eq. 12)
+    sigma: float = 5.0  # FSL spatial extent, CAM pixels (eq. 10)
+    fsl_window: int | None = None  # None: all pixel pairs (chunked); R: pairs within R CAM pixels (reference)
+
+
+@register_method
+class HFPL(CAMLearner):
+    """CAM learner + binomial importance sampling loss + feature similarity loss on present classes (HFPL §4)."""
+
+    name = "hfpl"
+    Args = HFPLArgs
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        args = self.args
+        try:
+            self.classification = ImportanceSamplingLoss(args.samples, args.isl_weight)
+            self.similarity = FeatureSimilarityLoss(args.mu, args.sigma, args.fsl_window)
+        except ValueError as exc:
+            raise ConfigError(f"method_args: {exc}") from None
+
+    def loss(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        scores, tags, valid = self.cam_inputs(outputs, batch)
+        cls = self.classification(scores, tags, valid)
+        rgb = F.adaptive_avg_pool2d(batch["image"].float() / 255.0, scores.shape[-2:])
+        fsl = self.similarity(scores, rgb, tags, valid)
+        return cls + self.args.fsl_weight * fsl, {"cls": cls.detach(), "fsl": fsl.detach()}

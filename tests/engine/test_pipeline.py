@@ -1,0 +1,119 @@
+"""Multi-stage pipelines: CAM → pseudo-labels → segmentation from one recipe, resume and restart at any stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import tiny_overrides
+from weakseg.engine.checkpoint import load_checkpoint
+from weakseg.engine.pipeline import Pipeline
+from weakseg.engine.recipe import load_recipe
+from weakseg.engine.trainer import Trainer
+from weakseg.errors import ConfigError, TrainingError
+
+PSEUDO_FAST = ("pseudo.scales=[1.0]", "pseudo.flip=false")
+
+
+def _pipeline(shapes: Path, out: Path, recipe: str = "cam-tags", *extra: str) -> Pipeline:
+    return Pipeline(load_recipe(recipe, tiny_overrides(shapes, out, *PSEUDO_FAST, *extra)), progress=False)
+
+
+@pytest.mark.parametrize("recipe", ["cam-tags", "hfpl-boxes"])
+def test_cam_pipeline_end_to_end(shapes: Path, tmp_path: Path, recipe: str) -> None:
+    out = tmp_path / recipe
+    result = _pipeline(shapes, out, recipe, "stages.cam.train.steps=3").run()
+    assert list(result.stage_wall_s) == ["cam", "pseudo", "seg"]
+    assert load_checkpoint(out / "cam" / "last.pt")["step"] == 3
+    assert load_checkpoint(out / "seg" / "last.pt")["step"] == 4
+    assert len(list((out / "pseudo" / "labels").glob("*.png"))) == 8
+    seeds = json.loads((out / "pseudo" / "metrics.json").read_text())
+    assert {"baseline", "seed", "refined", "pseudo", "coverage"} <= set(seeds)
+    assert 0 < seeds["coverage"] <= 1
+    final = json.loads((out / "metrics.json").read_text())
+    assert 0 <= final["miou"] <= 1 and final["pseudo_labels"]["seed"]["miou"] == seeds["seed"]["miou"]
+    assert result.final_checkpoint == out / "seg" / "last.pt"
+
+
+def test_seg_stage_trains_on_the_pseudo_labels(shapes: Path, tmp_path: Path) -> None:
+    pipeline = _pipeline(shapes, tmp_path)
+    seg = pipeline.stage_recipe("seg")
+    assert (seg.method, seg.supervision) == ("full", "full")
+    assert Path(seg.data.train_masks) == (tmp_path / "pseudo" / "labels").resolve()
+    assert seg.output_dir == str(tmp_path / "seg")
+    cam = pipeline.stage_recipe("cam")
+    assert cam.augment.scale_range == (0.4, 0.7) and cam.train.steps == 300  # the recipe's stage overlay
+    assert seg.augment.scale_range != cam.augment.scale_range
+
+
+def test_resume_skips_finished_stages_and_continues_the_unfinished_one(shapes: Path, tmp_path: Path) -> None:
+    pipeline = _pipeline(shapes, tmp_path, "cam-tags", "stages.cam.train.steps=4")
+    Trainer(pipeline.stage_recipe("cam"), progress=False).fit(until=2)  # interrupted after step 2
+    assert not pipeline.finished("cam")
+    result = pipeline.run(resume=True)
+    assert list(result.stage_wall_s) == ["cam", "pseudo", "seg"]
+    history = load_checkpoint(tmp_path / "cam" / "last.pt")["history"]
+    assert [row["step"] for row in history if "loss" in row] == [1, 2, 3, 4]  # steps 1–2 kept, 3–4 resumed
+    again = pipeline.run(resume=True)
+    assert again.stage_wall_s == {} and again.metrics["miou"] == result.metrics["miou"]
+
+
+def test_start_at_a_stage_reuses_the_earlier_ones(shapes: Path, tmp_path: Path) -> None:
+    _pipeline(shapes, tmp_path, "cam-tags", "stages.cam.train.steps=2").run()
+    cam_mtime = (tmp_path / "cam" / "last.pt").stat().st_mtime_ns
+    changed = _pipeline(shapes, tmp_path, "cam-tags", "stages.cam.train.steps=2", "pseudo.refine=none")
+    assert changed.finished("cam") and not changed.finished("pseudo")
+    result = changed.run(start="pseudo")
+    assert list(result.stage_wall_s) == ["pseudo", "seg"]
+    assert (tmp_path / "cam" / "last.pt").stat().st_mtime_ns == cam_mtime
+    assert json.loads((tmp_path / "pseudo" / "metrics.json").read_text())["config"]["pseudo"]["refine"] == "none"
+
+
+def test_start_needs_the_earlier_stages(shapes: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="stage 'cam' has not finished"):
+        _pipeline(shapes, tmp_path).run(start="seg")
+    with pytest.raises(ConfigError, match="has stages cam, pseudo, seg"):
+        _pipeline(shapes, tmp_path).run(start="nope")
+
+
+def test_stage_overlays_are_checked(shapes: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="stages.train: method 'cam' has stages"):
+        _pipeline(shapes, tmp_path, "cam-tags", "stages.train.train.steps=3")
+    with pytest.raises(ConfigError, match="stages.cam.train.stepz"):
+        _pipeline(shapes, tmp_path, "cam-tags", "stages.cam.train.stepz=3")
+
+
+def test_single_stage_methods_write_to_the_output_dir(shapes: Path, tmp_path: Path) -> None:
+    result = _pipeline(shapes, tmp_path, "pce-points").run()
+    assert list(result.stage_wall_s) == ["train"] and (tmp_path / "last.pt").is_file()
+    assert result.final_checkpoint == tmp_path / "last.pt" and "pseudo_labels" not in result.metrics
+
+
+def test_cams_recover_the_objects_of_the_demo_data(tmp_path: Path) -> None:
+    """On the demo's shapes, tag-trained CAMs label the training images far better than the filled image."""
+    from weakseg.data.dataset import SegmentationDataset, resolve_class_set, voc_layout
+    from weakseg.data.simulate import LabelProtocol, derive_labels
+    from weakseg.data.synthetic import generate_shapes_dataset
+
+    root = generate_shapes_dataset(tmp_path / "data", num_train=32, num_val=4, seed=1)
+    data = voc_layout(root)
+    derive_labels(SegmentationDataset(data, "train").masks(), resolve_class_set(data), root / "labels", ("tags",),
+                  LabelProtocol(seed=0), progress=False)  # fmt: skip
+    overrides = [
+        f"data.root={root}",
+        f"data.labels={root / 'labels'}",
+        f"output_dir={tmp_path / 'run'}",
+        "model.weights=package",
+        "data.num_workers=0",
+        "stages.cam.train.steps=60",
+        "stages.cam.augment.scale_range=[0.7, 0.9]",
+    ]
+    pipeline = Pipeline(load_recipe(["cam-tags", "demo"], overrides), progress=False)
+    pipeline.run_training("cam", resume=False)
+    metrics = pipeline.run_pseudo_labels()
+    baseline, seed, refined = (metrics[k]["miou"] for k in ("baseline", "seed", "refined"))
+    assert seed > baseline + 0.15, metrics
+    assert refined > baseline + 0.15, metrics
+    assert metrics["pseudo"]["miou"] >= refined - 0.02  # the kept pixels are at least as clean as the dense map
