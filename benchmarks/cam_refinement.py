@@ -14,7 +14,7 @@ import argparse
 import time
 from pathlib import Path
 
-from weakseg.bench import DATASETS, Row, git_commit
+from weakseg.bench import DATASETS, Row, git_commit, pseudo_summary
 from weakseg.data.formats import write_json
 from weakseg.engine.config import to_dict
 from weakseg.engine.device import select_device
@@ -62,13 +62,14 @@ def main() -> None:
         start = time.perf_counter()
         metrics = make_pseudo_labels(model, dataset, args.supervision, cfg, device, progress=False)
         seconds = (time.perf_counter() - start) / len(dataset)
-        summary = {k: {"miou": metrics[k]["miou"], "boundary_f": metrics[k]["boundary_f"]} for k in
-                   ("baseline", "seed", "refined")}  # fmt: skip
-        summary["pseudo"] = {"miou": metrics["pseudo"]["miou"], "coverage": metrics["coverage"]}
-        out["variants"][name] = {"config": to_dict(cfg), "s_per_image": seconds, **summary}
-        print(f"{name:>18}: seed {summary['seed']['miou']:.3f} → refined {summary['refined']['miou']:.3f} "
-              f"(F {summary['seed']['boundary_f']:.3f} → {summary['refined']['boundary_f']:.3f}), kept "
-              f"{summary['pseudo']['miou']:.3f} on {summary['pseudo']['coverage']:.1%}, {seconds:.2f} s/image")  # fmt: skip
+        summary = pseudo_summary(metrics, cfg)
+        out["variants"][name] = {"s_per_image": seconds, **summary}
+        seed, refined, kept = summary["seed"], summary["refined"], summary["pseudo"]
+        print(
+            f"{name:>18}: seed {seed['miou']:.3f} → refined {refined['miou']:.3f} "
+            f"(F {seed['boundary_f']:.3f} → {refined['boundary_f']:.3f}), "
+            f"kept {kept['miou']:.3f} on {kept['coverage']:.1%}, {seconds:.2f} s/image"
+        )
     path = args.results / "ablations" / f"{args.dataset}-{args.method}-{args.supervision}-refinement.json"
     write_json(path, out)
     print(f"wrote {path}")

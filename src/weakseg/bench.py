@@ -24,9 +24,11 @@ from weakseg.data.dataset import DataConfig, SegmentationDataset, camvid_layout,
 from weakseg.data.formats import read_coco_boxes, write_json
 from weakseg.data.simulate import LabelProtocol, derive_labels
 from weakseg.engine.config import to_dict
+from weakseg.engine.pseudo_labels import STAGES
 from weakseg.engine.recipe import Recipe, load_recipe
 from weakseg.errors import ConfigError, WeakSegError
 from weakseg.methods import METHODS
+from weakseg.pseudo.cam import PseudoLabelConfig
 
 log = logging.getLogger(__name__)
 
@@ -265,17 +267,16 @@ def run_row(row: Row, cache: Path, commit: str) -> dict:
             pipeline.stages[0]: f"{first.method}: {first.train.steps} steps × batch {first.train.batch_size}, "
             f"crop {first.augment.crop_size}, scale {list(first.augment.scale_range)}",
         }
-        record["pseudo_labels"] = pseudo_summary(m["pseudo_labels"], recipe)
+        record["pseudo_labels"] = pseudo_summary(m["pseudo_labels"], recipe.pseudo)
     return record
 
 
-def pseudo_summary(metrics: dict, recipe: Recipe) -> dict:
+def pseudo_summary(metrics: dict, cfg: PseudoLabelConfig) -> dict:
     """The seed-quality figures a bench row keeps: mIoU and boundary F of each labelling on the train split."""
-    out = {name: {"miou": metrics[name]["miou"], "boundary_f": metrics[name]["boundary_f"]} for name in
-           ("baseline", "seed", "refined")}  # fmt: skip
+    out = {name: {"miou": metrics[name]["miou"], "boundary_f": metrics[name]["boundary_f"]} for name in STAGES}
     out["pseudo"] = {"miou": metrics["pseudo"]["miou"], "coverage": metrics["coverage"]}
     out["images"] = metrics["images"]
-    out["config"] = to_dict(recipe.pseudo)
+    out["config"] = to_dict(cfg)
     return out
 
 

@@ -92,7 +92,9 @@ def test_single_stage_methods_write_to_the_output_dir(shapes: Path, tmp_path: Pa
 
 
 def test_cams_recover_the_objects_of_the_demo_data(tmp_path: Path) -> None:
-    """On the demo's shapes, tag-trained CAMs label the training images far better than the filled image."""
+    """On the demo's shapes, tag-trained CAMs label the training images far better than the filled image, and PAMR
+    improves them. The small textured shapes give diffuse CAMs at stride 16 on 160² images, so the background
+    threshold is the data's (0.5; the default 0.15 suits peaky CAMs on photos) and the ignore band moves with it."""
     from weakseg.data.dataset import SegmentationDataset, resolve_class_set, voc_layout
     from weakseg.data.simulate import LabelProtocol, derive_labels
     from weakseg.data.synthetic import generate_shapes_dataset
@@ -109,11 +111,13 @@ def test_cams_recover_the_objects_of_the_demo_data(tmp_path: Path) -> None:
         "data.num_workers=0",
         "stages.cam.train.steps=60",
         "stages.cam.augment.scale_range=[0.7, 0.9]",
+        "pseudo.background_param=0.5",
+        "pseudo.ignore_band=[0.3, 0.7]",
     ]
     pipeline = Pipeline(load_recipe(["cam-tags", "demo"], overrides), progress=False)
     pipeline.run_training("cam", resume=False)
     metrics = pipeline.run_pseudo_labels()
     baseline, seed, refined = (metrics[k]["miou"] for k in ("baseline", "seed", "refined"))
     assert seed > baseline + 0.15, metrics
-    assert refined > baseline + 0.15, metrics
+    assert refined > seed + 0.03, metrics
     assert metrics["pseudo"]["miou"] >= refined - 0.02  # the kept pixels are at least as clean as the dense map

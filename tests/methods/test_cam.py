@@ -40,6 +40,14 @@ def test_cam_head_runs_without_the_decoder() -> None:
     assert out["cam"].shape == (1, VOC.num_classes, 4, 4)
 
 
+@pytest.mark.parametrize(("neck", "classifier_in"), [("pretrained", 1280), ("none", 320)])
+def test_cam_head_neck(neck: str, classifier_in: int) -> None:
+    model = _model()
+    build_method("cam", {"neck": neck}, "tags", VOC).setup(model, ModelConfig(pretrained=False))
+    assert model.heads["cam"].classifier.in_channels == classifier_in
+    assert model(torch.randn(1, 3, 64, 64), decode=False)["cam"].shape == (1, VOC.num_classes, 4, 4)
+
+
 def test_cam_loss_is_the_multilabel_soft_margin_of_pooled_scores() -> None:
     method = build_method("cam", None, "tags", VOC)
     scores = torch.randn(2, VOC.num_classes, 4, 4, requires_grad=True)
@@ -90,3 +98,5 @@ def test_hfpl_arguments_are_checked() -> None:
         build_method("hfpl", {"sigmaa": 3}, "tags", VOC)
     with pytest.raises(ConfigError, match="trains from tags, boxes"):
         build_method("cam", None, "points", VOC)
+    with pytest.raises(ConfigError, match="method_args.neck must be one of pretrained, none"):
+        build_method("hfpl", {"neck": "imagenet"}, "tags", VOC)

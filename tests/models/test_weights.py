@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from weakseg.errors import ConfigError
-from weakseg.models import create_backbone
+from weakseg.models import create_backbone, create_pre_logits
 from weakseg.models.weights import (
     LITE0_MEAN_STD,
     LITE0_TIMM_NAME,
@@ -105,6 +105,21 @@ def test_create_backbone_pretrained_uses_package_file(package_sd: dict) -> None:
     assert torch.equal(backbone.body.conv_stem.weight, package_sd["_conv_stem.weight"])
     # the package weights are TF ports: inputs must be normalised with mean = std = 0.5
     assert (backbone.info.mean, backbone.info.std) == LITE0_MEAN_STD
+
+
+def test_pre_logits_are_the_imagenet_conv_head(package_sd: dict) -> None:
+    neck, channels = create_pre_logits(LITE0_TIMM_NAME, pretrained=True, weights="package")
+    assert channels == 1280
+    assert torch.equal(neck[0].weight, package_sd["_conv_head.weight"])
+    assert torch.equal(neck[1].running_mean, package_sd["_bn1.running_mean"])  # the package's head BN
+    out = neck.eval()(torch.randn(2, 320, 5, 7))
+    assert out.shape == (2, 1280, 5, 7) and out.min() >= 0 and out.max() <= 6  # BN + ReLU6: non-negative
+
+
+def test_pre_logits_random_and_absent() -> None:
+    neck, channels = create_pre_logits(LITE0_TIMM_NAME, pretrained=False)
+    assert channels == 1280 and isinstance(neck[0], torch.nn.Conv2d)
+    assert create_pre_logits("resnet18", pretrained=False) is None  # ResNets pool their rectified last stage
 
 
 @needs_package

@@ -1,4 +1,4 @@
-from weakseg.models.backbones import Backbone, BackboneInfo, create_backbone
+from weakseg.models.backbones import Backbone, BackboneInfo, create_backbone, create_pre_logits
 from weakseg.models.heads import ASPP, CAMHead, DeepLabDecoder, ProjectionHead
 from weakseg.models.segmentor import ModelConfig, SegmentationModel, build_model
 
@@ -13,4 +13,5 @@ __all__ = [
     "SegmentationModel",
     "build_model",
     "create_backbone",
+    "create_pre_logits",
 ]
