@@ -58,13 +58,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     checkpoint, seed_metrics = _resolve_checkpoint(Path(args.checkpoint))
     model, recipe, _ = load_model_from_checkpoint(checkpoint, device)
     recipe = from_dict(Recipe, apply_overrides(to_dict(recipe), args.overrides)).check()
+    pred_dir = Path(args.save_predictions) if args.save_predictions else None
     if not METHODS[recipe.method].trains_decoder:
         # A CAM learner: its output is the pseudo-labels; score them on the training split by default.
         split = args.split or recipe.data.train_split
         dataset = pseudo_label_dataset(recipe, split)
         if "mask" not in dataset.kinds:
             raise WeakSegError(f"{checkpoint}: split '{split}' has no masks to score the CAM pseudo-labels against")
-        pred_dir = Path(args.save_predictions) if args.save_predictions else None
         metrics = make_pseudo_labels(
             model, dataset, recipe.supervision, recipe.pseudo, device, out_dir=pred_dir, progress=not args.quiet
         )
@@ -72,7 +72,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         split = args.split or recipe.data.val_split
         dataset = SegmentationDataset(recipe.data, split, kinds=("mask",), required=("mask",))
-        pred_dir = Path(args.save_predictions) if args.save_predictions else None
         metrics = evaluate(
             model,
             dataset,
