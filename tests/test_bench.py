@@ -38,6 +38,19 @@ def test_plan_rows_follows_datasets_and_methods(data_root: Path, tmp_path: Path)
     assert rows[1].json_path == tmp_path / "standard" / "voc454" / "pce-points.json"
 
 
+def test_variant_rows_train_a_registered_method_with_their_own_recipe(data_root: Path, tmp_path: Path) -> None:
+    rows = plan_rows("standard", ["voc454"], ["seam", "ppc", "ppc-hfpl"], ["tags"], data_root, tmp_path, [0, 1])
+    assert [r.name for r in rows] == [
+        "seam-tags", "seam-tags-seed1", "ppc-tags", "ppc-tags-seed1", "ppc-hfpl-tags", "ppc-hfpl-tags-seed1",
+    ]  # fmt: skip
+    recipe = rows[-1].recipe(tmp_path)
+    assert recipe.method == "ppc" and recipe.method_args["base"] == "hfpl" and recipe.train.seed == 1
+    assert recipe.stages["cam"]["train"]["steps"] == 300  # the CAM stage keeps its own schedule
+    assert [r.name for r in plan_rows("quick", ["voc454"], ["ppc-hfpl"], None, data_root, tmp_path)] == [
+        "ppc-hfpl-tags"
+    ]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -185,6 +185,11 @@ def test_wrong_value_type_names_the_key(shapes_root: Path, tmp_path: Path, capsy
     assert "'train.steps' must be an integer" in message and "abc" in message
 
 
+def test_until_names_the_method_s_stages(shapes_root: Path, tmp_path: Path, capsys) -> None:
+    message = user_error(capsys, [*train_argv(shapes_root, tmp_path / "run"), "--until", "pseudo"])
+    assert "--until pseudo: method 'pce' has stages train" in message
+
+
 def test_missing_recipe_lists_builtin_ones(tmp_path: Path, capsys) -> None:
     message = user_error(capsys, ["train", "no-such-recipe", f"data.root={tmp_path}"])
     assert "no-such-recipe: recipe not found" in message and "pce-points" in message

@@ -33,7 +33,9 @@ from weakseg.pseudo.cam import PseudoLabelConfig
 log = logging.getLogger(__name__)
 
 # Row order in the tables: the upper bound first, then methods as they land.
-METHOD_ORDER = ("full", "pce", "rloss", "cam", "hfpl")
+METHOD_ORDER = ("full", "pce", "rloss", "cam", "hfpl", "seam", "ppc", "ppc-hfpl")
+# Rows of a registered method with other arguments: name → (method, supervisions); recipe <name>-<supervision>.
+VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {"ppc-hfpl": ("ppc", ("tags",))}
 SUPERVISION_ORDER = ("full", "tags", "boxes", "points", "scribbles", "mixed")
 
 PROFILES: dict[str, list[str]] = {
@@ -76,6 +78,20 @@ DATASETS = {
     # Image-level tags are nearly uninformative on CamVid (most frames hold most classes): points and scribbles.
     "camvid": BenchDataset("camvid", "camvid", "camvid", ("data-camvid",), ("full", "points", "scribbles")),
 }
+
+
+def method_of(row_method: str) -> str:
+    """The registered method a row trains (a variant's, or the row's own name)."""
+    return VARIANTS[row_method][0] if row_method in VARIANTS else row_method
+
+
+def row_supervisions(row_method: str) -> tuple[str, ...]:
+    if row_method in VARIANTS:
+        return VARIANTS[row_method][1]
+    if row_method not in METHODS:
+        names = sorted([*METHODS, *VARIANTS])
+        raise ConfigError(f"unknown method {row_method!r} (available: {', '.join(names)})")
+    return METHODS[row_method].supervisions
 
 
 def recipe_name(method: str, supervision: str) -> str:
@@ -140,7 +156,7 @@ class Row:
             *PROFILES[self.profile],
             f"train.seed={self.seed}",
         ]
-        stages = METHODS[self.method].stages
+        stages = METHODS[method_of(self.method)].stages
         if len(stages) > 1:
             overrides += [f"stages.{stages[0]}.{item}" for item in STAGE_PROFILES[self.profile]]
         if self.supervision != "full":
@@ -178,9 +194,7 @@ def plan_rows(
         if not (data_root / bench.folder).is_dir():
             raise ConfigError(f"{data_root / bench.folder}: benchmark data not found (set --data-root)")
         for method in methods:
-            if method not in METHODS:
-                raise ConfigError(f"unknown method {method!r} (available: {', '.join(sorted(METHODS))})")
-            for supervision in METHODS[method].supervisions:
+            for supervision in row_supervisions(method):
                 wanted = supervisions is None or supervision in supervisions or supervision == "full"
                 if wanted and supervision in bench.supervisions and supervision != "mixed":
                     # The upper bound is trained once; the methods once per seed.

@@ -30,8 +30,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if DOTTED_KEY.fullmatch(item) and not item.endswith((".yaml", ".yml")) and not Path(item).exists():
             raise ConfigError(f"override {item!r} must look like key.sub=value")
     recipe = load_recipe(recipes, overrides)
-    result = Pipeline(recipe, progress=not args.quiet).run(resume=args.resume, start=args.stage)
+    result = Pipeline(recipe, progress=not args.quiet).run(resume=args.resume, start=args.stage, until=args.until)
     _print_pseudo_metrics(result.metrics.get("pseudo_labels"))
+    if not result.final_checkpoint.is_file():  # --until stopped before the last stage
+        log.info("stopped after stage %s; outputs in %s", args.until, result.output_dir)
+        return 0
     _print_metrics(result.metrics, f"{recipe.method} / {recipe.supervision}")
     log.info(
         "checkpoints and metrics in %s (final model %s, %.1f images/s in the last training stage)",
@@ -234,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip finished stages and continue the unfinished one from its last.pt",
     )
     p.add_argument("--stage", help="multi-stage methods: rerun from this stage on (e.g. pseudo), reusing earlier ones")
+    p.add_argument("--until", help="multi-stage methods: stop after this stage (e.g. pseudo: only the pseudo-labels)")
     common(p)
     p.set_defaults(func=cmd_train)
 

@@ -37,6 +37,16 @@ def test_cam_pipeline_end_to_end(shapes: Path, tmp_path: Path, recipe: str) -> N
     assert result.final_checkpoint == out / "seg" / "last.pt"
 
 
+@pytest.mark.parametrize("recipe", ["seam-boxes", "ppc-tags", "ppc-hfpl-tags"])
+def test_two_view_learners_run_the_pipeline(shapes: Path, tmp_path: Path, recipe: str) -> None:
+    out = tmp_path / recipe
+    result = _pipeline(shapes, out, recipe, "stages.cam.train.steps=2", "method_args.view_size=32").run()
+    assert list(result.stage_wall_s) == ["cam", "pseudo", "seg"]
+    state = load_checkpoint(out / "cam" / "last.pt")
+    assert any(k.startswith("heads.projection.") for k in state["model"]) == recipe.startswith("ppc")
+    assert json.loads((out / "pseudo" / "metrics.json").read_text())["cam_step"] == 2
+
+
 def test_seg_stage_trains_on_the_pseudo_labels(shapes: Path, tmp_path: Path) -> None:
     pipeline = _pipeline(shapes, tmp_path)
     seg = pipeline.stage_recipe("seg")
@@ -71,11 +81,23 @@ def test_start_at_a_stage_reuses_the_earlier_ones(shapes: Path, tmp_path: Path) 
     assert json.loads((tmp_path / "pseudo" / "metrics.json").read_text())["config"]["pseudo"]["refine"] == "none"
 
 
+def test_until_stops_after_a_stage_and_start_continues(shapes: Path, tmp_path: Path) -> None:
+    result = _pipeline(shapes, tmp_path, "cam-tags", "stages.cam.train.steps=2").run(until="pseudo")
+    assert list(result.stage_wall_s) == ["cam", "pseudo"] and not (tmp_path / "seg").exists()
+    assert "seed" in result.metrics["pseudo_labels"] and "miou" not in result.metrics
+    rest = _pipeline(shapes, tmp_path, "cam-tags", "stages.cam.train.steps=2").run(start="seg")
+    assert list(rest.stage_wall_s) == ["seg"] and rest.final_checkpoint.is_file()
+
+
 def test_start_needs_the_earlier_stages(shapes: Path, tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="stage 'cam' has not finished"):
         _pipeline(shapes, tmp_path).run(start="seg")
     with pytest.raises(ConfigError, match="has stages cam, pseudo, seg"):
         _pipeline(shapes, tmp_path).run(start="nope")
+    with pytest.raises(ConfigError, match="--until nope: method 'cam' has stages"):
+        _pipeline(shapes, tmp_path).run(until="nope")
+    with pytest.raises(ConfigError, match="--until cam comes before --stage pseudo"):
+        _pipeline(shapes, tmp_path).run(start="pseudo", until="cam")
 
 
 def test_stage_overlays_are_checked(shapes: Path, tmp_path: Path) -> None:

@@ -100,3 +100,26 @@ def test_hfpl_arguments_are_checked() -> None:
         build_method("cam", None, "points", VOC)
     with pytest.raises(ConfigError, match="method_args.neck must be one of pretrained, none"):
         build_method("hfpl", {"neck": "imagenet"}, "tags", VOC)
+
+
+def test_seam_sees_the_rescaled_crop_and_ties_the_views() -> None:
+    torch.manual_seed(0)
+    model = _model()
+    method = build_method("seam", {"view_size": 32}, "tags", VOC)
+    method.setup(model, ModelConfig(pretrained=False))
+    batch = _batch()
+    outputs = method.forward(model, torch.randn(2, 3, 64, 64))
+    assert outputs["cam"].shape[-2:] == (4, 4) and outputs["target_view"]["cam"].shape[-2:] == (2, 2)
+    loss, terms = method.loss(outputs, batch)
+    assert set(terms) == {"cls", "er"} and terms["er"] > 0
+    cam = build_method("cam", None, "tags", VOC)
+    both = (cam.loss(outputs, batch)[0] + cam.loss(outputs["target_view"], batch)[0]) / 2
+    torch.testing.assert_close(terms["cls"], both.detach())
+    torch.testing.assert_close(loss, terms["cls"] + terms["er"])
+    loss.backward()
+    assert model.heads["cam"].classifier.weight.grad.abs().sum() > 0
+
+
+def test_seam_arguments_are_checked() -> None:
+    with pytest.raises(ConfigError, match="view_size must be at least 32"):
+        build_method("seam", {"view_size": 8}, "tags", VOC)

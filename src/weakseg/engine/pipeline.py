@@ -97,16 +97,21 @@ class Pipeline:
         return {"pseudo": to_dict(self.recipe.pseudo), "checkpoint": str(self.stage_dir(self.stages[0]) / "last.pt")}
 
     # ------------------------------------------------------------------ running
-    def run(self, *, resume: bool = False, start: str | None = None) -> PipelineResult:
-        if start is not None and start not in self.stages:
-            raise ConfigError(f"--stage {start}: method '{self.recipe.method}' has stages {', '.join(self.stages)}")
+    def run(self, *, resume: bool = False, start: str | None = None, until: str | None = None) -> PipelineResult:
+        """Run the stages from ``start`` (default: the first) to ``until`` (default: the last), inclusive."""
+        for flag, name in (("--stage", start), ("--until", until)):
+            if name is not None and name not in self.stages:
+                raise ConfigError(f"{flag} {name}: method '{self.recipe.method}' has stages {', '.join(self.stages)}")
         first = self.stages.index(start) if start else 0
+        last = self.stages.index(until) if until else len(self.stages) - 1
+        if last < first:
+            raise ConfigError(f"--until {until} comes before --stage {start}")
         for name in self.stages[:first]:
             if not self.finished(name):
                 raise TrainingError(f"{self.stage_dir(name)}: stage '{name}' has not finished; cannot start at {start}")
         walls: dict[str, float] = {}
         images_per_s, weights = 0.0, "not run (all stages had finished)"
-        for name in self.stages[first:]:
+        for name in self.stages[first : last + 1]:
             if resume and start is None and self.finished(name):
                 log.info("stage %s: finished, skipped (%s)", name, self.stage_dir(name))
                 continue

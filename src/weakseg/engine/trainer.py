@@ -178,7 +178,7 @@ class Trainer:
         images = normalize(batch["image"], mean, std)
         self.method.begin_step(self.step, self.recipe.train.steps)
         with autocast(self.device, self.amp):
-            outputs = self.model(images, decode=self.method.trains_decoder)
+            outputs = self.method.forward(self.model, images)
             loss, terms = self.method.loss(outputs, batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

@@ -5,8 +5,9 @@
   logits drawn from ``p_c ∝ sigmoid(s_c)``.
 * :class:`FeatureSimilarityLoss` — ``−(1/HW) Σ_ij w_ij g(r_i, r_j) f(δ_ij)`` (eqs. 9–13) on the max-normalised CAM of
   the classes present in the image.
+* :class:`EquivarianceLoss` — SEAM's L1 between the CAMs of an image and of its rescaled copy (the base PPC builds on).
 
-Both losses take the ``B×C×h×w`` class scores (logits) and an optional ``B×h×w`` valid-pixel mask at the CAM size.
+The losses take the ``B×C×h×w`` class scores (logits) and an optional ``B×h×w`` valid-pixel mask at the CAM size.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 from weakseg.losses.regularized import symmetric_quadratic
 
 
-def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
     """float32, or float64 when the input already is."""
     return torch.promote_types(tensor.dtype, torch.float32)
 
@@ -41,7 +42,7 @@ def max_normalised_cam(scores: torch.Tensor, valid: torch.Tensor | None = None, 
     Gradients flow through the ReLU and the normaliser (no detach).
     """
     valid = _check_valid(valid, scores)
-    cam = F.relu(scores.to(_compute_dtype(scores)))
+    cam = F.relu(scores.to(compute_dtype(scores)))
     if valid is not None:
         cam = cam * valid[:, None]
     peak = cam.flatten(2).amax(-1).clamp_min(eps)
@@ -64,7 +65,7 @@ def sample_positions(
     b, c, h, w = scores.shape
     with torch.no_grad():
         # softmax(log sigmoid(s)) = sigmoid(s) / Σ sigmoid(s), without underflow for very negative logits.
-        log_b = F.logsigmoid(scores.detach().to(_compute_dtype(scores))).flatten(2)
+        log_b = F.logsigmoid(scores.detach().to(compute_dtype(scores))).flatten(2)
         if valid is not None:
             if not valid.flatten(1).any(1).all():
                 raise ValueError("every image needs at least one valid pixel to sample from")
@@ -101,7 +102,7 @@ class ImportanceSamplingLoss(nn.Module):
         if labels.shape != (b, c):
             raise ValueError(f"labels must be {b}×{c} (B×C of the scores), got {tuple(labels.shape)}")
         valid = _check_valid(valid, scores)
-        scores = scores.to(_compute_dtype(scores))
+        scores = scores.to(compute_dtype(scores))
         labels = labels.to(scores.dtype)
         loss = scores.new_zeros(())
         if self.lam < 1.0:
@@ -160,7 +161,7 @@ class FeatureSimilarityLoss(nn.Module):
         if present.shape != (b, c):
             raise ValueError(f"present must be {b}×{c} (B×C of the scores), got {tuple(present.shape)}")
         valid = _check_valid(valid, scores)
-        r = max_normalised_cam(scores, valid) * present.to(_compute_dtype(scores))[:, :, None, None]
+        r = max_normalised_cam(scores, valid) * present.to(compute_dtype(scores))[:, :, None, None]
         mask = torch.ones_like(r[:, 0]) if valid is None else valid.to(r.dtype)
         with torch.no_grad(), torch.autocast(r.device.type, enabled=False):
             image = image.detach().to(r.dtype)
@@ -228,3 +229,33 @@ class FeatureSimilarityLoss(nn.Module):
                 degree += pair
                 filtered += pair[:, None] * r_pad[view]
         return degree, filtered
+
+
+class EquivarianceLoss(nn.Module):
+    """SEAM's equivariant regularisation ``‖A(r^o) − r^t‖₁`` (Wang et al. 2020, eq. 2) for a rescaled second view.
+
+    ``source`` (``B×C×H×W``) are the CAM scores of the image, ``target`` (``B×C×h×w``) those of its rescaled copy;
+    ``A`` resizes the source's max-normalised CAMs (HFPL eq. 4, one normalisation for every CAM loss) bilinearly to
+    the target's grid. The L1 difference of the present classes is averaged over the batch, the classes and the
+    target's valid pixels; gradients flow into both views.
+    """
+
+    def forward(
+        self,
+        source: torch.Tensor,
+        target: torch.Tensor,
+        present: torch.Tensor,
+        valid_source: torch.Tensor | None = None,
+        valid_target: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        b, c, h, w = target.shape
+        if source.shape[:2] != (b, c):
+            raise ValueError(f"source must be {b}×{c}×H×W (B×C of the target), got {tuple(source.shape)}")
+        if present.shape != (b, c):
+            raise ValueError(f"present must be {b}×{c} (B×C of the scores), got {tuple(present.shape)}")
+        moved = F.interpolate(max_normalised_cam(source, valid_source), (h, w), mode="bilinear", align_corners=False)
+        diff = (moved - max_normalised_cam(target, valid_target)).abs() * present.to(moved.dtype)[:, :, None, None]
+        if valid_target is None:
+            return diff.mean()
+        mask = _check_valid(valid_target, target).to(diff.dtype)[:, None]
+        return (diff * mask).sum() / (mask.sum() * c).clamp_min(1.0)

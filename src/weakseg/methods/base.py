@@ -69,6 +69,11 @@ class Method:
         """Called by the trainer before each step's loss (0-based ``step``): for losses that follow the schedule."""
         self.step, self.total_steps = step, total_steps
 
+    def forward(self, model: nn.Module, images: torch.Tensor) -> dict:
+        """The model outputs the loss reads, from the normalised ``images`` of a batch (one forward by default;
+        two-view learners add their second view)."""
+        return model(images, decode=self.trains_decoder)
+
     def loss(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 

@@ -1,5 +1,6 @@
-"""CAM learners for tags and boxes: ``cam`` (GAP + multilabel soft margin, Zhou et al. 2016) and ``hfpl``
-(binomial importance sampling + feature similarity, Jonnarth et al.), both three-stage methods:
+"""CAM learners for tags and boxes: ``cam`` (GAP + multilabel soft margin, Zhou et al. 2016), ``seam`` (two views
+and SEAM's equivariant regularisation, Wang et al. 2020) and ``hfpl`` (binomial importance sampling + feature
+similarity, Jonnarth et al.), all three-stage methods:
 
 1. ``cam``: train the classifier (a 1×1 CAM head on the backbone's last features) on image-level tags (for box
    supervision, the classes of the boxes left in the augmented crop);
@@ -17,13 +18,19 @@ import torch
 import torch.nn.functional as F
 
 from weakseg.errors import ConfigError
-from weakseg.losses import FeatureSimilarityLoss, ImportanceSamplingLoss
+from weakseg.losses import EquivarianceLoss, FeatureSimilarityLoss, ImportanceSamplingLoss
 from weakseg.methods.base import Method, register_method
 from weakseg.models.backbones import create_pre_logits
 from weakseg.models.heads import CAMHead
 from weakseg.models.segmentor import ModelConfig, SegmentationModel
 
 NECKS = ("pretrained", "none")
+TARGET_VIEW = "target_view"  # outputs key of a two-view learner's second view (its own outputs dict)
+
+
+def rescaled_view(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The second view of a two-view learner: the batch resized to ``size × size`` (PPC §4.2; SEAM rescales)."""
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
 
 
 @dataclass
@@ -84,6 +91,39 @@ class CAMLearner(Method):
         scores, tags, valid = self.cam_inputs(outputs, batch)
         loss = self.classification(scores, tags, valid)
         return loss, {"cls": loss.detach()}
+
+
+@dataclass
+class SEAMArgs(CAMArgs):
+    view_size: int = 128  # the second view: the crop resized to view_size² (PPC's 448 → 128)
+    er_weight: float = 1.0  # weight of the equivariant regularisation
+
+
+@register_method
+class SEAM(CAMLearner):
+    """CAM learner on the crop and its rescaled copy: ``½(L_cls(x) + L_cls(A(x))) + L_ER`` (SEAM eq. 2, without
+    the pixel correlation module and its ECR term); PPC's base."""
+
+    name = "seam"
+    Args = SEAMArgs
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        if self.args.view_size < 32:
+            raise ConfigError(f"method_args.view_size must be at least 32 pixels, not {self.args.view_size}")
+        self.equivariance = EquivarianceLoss()
+
+    def forward(self, model: torch.nn.Module, images: torch.Tensor) -> dict:
+        outputs = super().forward(model, images)
+        outputs[TARGET_VIEW] = model(rescaled_view(images, self.args.view_size), decode=False)
+        return outputs
+
+    def loss(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        scores, tags, valid = self.cam_inputs(outputs, batch)
+        target, _, target_valid = self.cam_inputs(outputs[TARGET_VIEW], batch)
+        cls = (self.classification(scores, tags, valid) + self.classification(target, tags, target_valid)) / 2
+        er = self.equivariance(scores, target, tags, valid, target_valid)
+        return cls + self.args.er_weight * er, {"cls": cls.detach(), "er": er.detach()}
 
 
 @dataclass

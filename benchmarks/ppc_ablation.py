@@ -1,0 +1,94 @@
+"""PPC's component ablation (the paper's table 5) on voc454 tags: seed mIoU on the train images.
+
+    python benchmarks/ppc_ablation.py [--variants NAME ...] [--seeds 0 1 2] [--force]
+
+Each variant is the standard-profile `ppc-tags` bench row's recipe (same data, labels, backbone, CAM-stage schedule,
+pseudo-label settings) with some of PPC's terms switched off, or the `seam-tags` row's for the base. Only the `cam`
+and `pseudo` stages run (`Pipeline.run(until="pseudo")`): the figures are the CAM seeds on the 212 train images, as
+in the paper's table. Results go to `benchmarks/results/ablations/voc454-ppc-tags.json`; a variant and seed already
+there with the same recipe is not rerun unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from weakseg.bench import DATASETS, Row, git_commit
+from weakseg.engine.config import apply_overrides, from_dict, to_dict
+from weakseg.engine.pipeline import Pipeline
+from weakseg.engine.recipe import Recipe
+
+# name → (bench row method, overrides of its recipe); each row adds one component to the one above.
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "seam (base)": ("seam", []),
+    "+ cross prototype": ("ppc", ["method_args.cross_cam=false", "method_args.intra=false"]),
+    "+ cross CAM": ("ppc", ["method_args.intra=false"]),
+    "+ intra view": ("ppc", ["method_args.mining=null", "method_args.sampling=false"]),
+    "+ prototype mining": ("ppc", ["method_args.sampling=false"]),
+    "+ pixel sampling (ppc)": ("ppc", []),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--data-root", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--cache", type=Path, default=Path("benchmarks/cache"))
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args()
+
+    out = args.results / "ablations" / "voc454-ppc-tags.json"
+    table = json.loads(out.read_text()) if out.is_file() else {}
+    for name in args.variants:
+        method, overrides = VARIANTS[name]
+        for seed in args.seeds:
+            row = Row("standard", DATASETS["voc454"], method, "tags", args.data_root, args.results, seed)
+            folder = args.cache / "runs" / "ablations" / "voc454" / "ppc-tags" / f"{list(VARIANTS).index(name)}-{seed}"
+            recipe_dict = apply_overrides(to_dict(row.recipe(args.cache)), [*overrides, f"output_dir={folder}"])
+            recipe = from_dict(Recipe, recipe_dict).check()
+            fingerprint = {k: v for k, v in to_dict(recipe).items() if k not in ("output_dir", "data")}
+            key = f"{name} / seed {seed}"
+            if key in table and table[key]["recipe"] == fingerprint and not args.force:
+                continue
+            start = time.perf_counter()
+            seeds = Pipeline(recipe, progress=False).run(until="pseudo").metrics["pseudo_labels"]
+            table[key] = {
+                "variant": name,
+                "seed": seed,
+                "seed_miou": seeds["seed"]["miou"],
+                "seed_boundary_f": seeds["seed"]["boundary_f"],
+                "refined_miou": seeds["refined"]["miou"],
+                "refined_boundary_f": seeds["refined"]["boundary_f"],
+                "images": seeds["images"],
+                "overrides": overrides,
+                "recipe": fingerprint,
+                "git_commit": git_commit(),
+                "wall_s": time.perf_counter() - start,
+            }
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(table, indent=2) + "\n")
+    print("voc454 tags, CAM seeds on train (standard profile: cam stage 300 steps × batch 8, crop 256)")
+    print("| variant | seeds | seed mIoU | seed F | PAMR-refined mIoU |")
+    print("|---|---|---|---|---|")
+    for name in VARIANTS:
+        runs = [r for r in table.values() if r["variant"] == name]
+        if runs:
+            cells = [_spread([r[k] for r in runs]) for k in ("seed_miou", "seed_boundary_f", "refined_miou")]
+            print(f"| {name} | {', '.join(str(r['seed']) for r in runs)} | " + " | ".join(cells) + " |")
+
+
+def _spread(values: list[float]) -> str:
+    """Median, and the range when there is more than one value."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.median(values):.3f} ({min(values):.3f}–{max(values):.3f})"
+
+
+if __name__ == "__main__":
+    main()
