@@ -2,6 +2,7 @@ from weakseg.losses.cam import EquivarianceLoss, FeatureSimilarityLoss, Importan
 from weakseg.losses.partial_ce import PartialCrossEntropy
 from weakseg.losses.ppc import PixelPrototypeContrastLoss
 from weakseg.losses.regularized import BilateralKernel, DenseCRFLoss, EntropyLoss, NormalizedCutLoss
+from weakseg.losses.spml import PixelSegmentContrastLoss
 
 __all__ = [
     "BilateralKernel",
@@ -13,4 +14,5 @@ __all__ = [
     "NormalizedCutLoss",
     "PartialCrossEntropy",
     "PixelPrototypeContrastLoss",
+    "PixelSegmentContrastLoss",
 ]

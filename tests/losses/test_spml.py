@@ -1,0 +1,253 @@
+"""SPML's pixel-to-segment contrast against NumPy and loop references: k-means, segment splitting, the per-relation
+positive / negative sets, the loss and its gradients, the memory bank."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from weakseg.losses.spml import (
+    UNLABELLED,
+    PixelSegmentContrastLoss,
+    Relation,
+    grid_labels,
+    segment_contrast,
+    segment_means,
+    spherical_kmeans,
+    split_segments,
+    with_location,
+)
+
+
+def numpy_kmeans(x: np.ndarray, labels: np.ndarray, k: int, iterations: int) -> np.ndarray:
+    """One image: M-step (normalised sums, empty cluster = 0), E-step (argmax cosine), ``iterations`` times."""
+    for _ in range(iterations):
+        centroids = np.zeros((k, x.shape[1]))
+        for i, z in enumerate(labels):
+            centroids[z] += x[i]
+        norms = np.linalg.norm(centroids, axis=1, keepdims=True)
+        centroids = np.where(norms > 0, centroids / np.maximum(norms, 1e-12), 0.0)
+        labels = np.argmax(x @ centroids.T, axis=1)
+    return labels
+
+
+def test_grid_labels_partition_the_image_row_major() -> None:
+    grid = grid_labels(4, 6, 2, 3)
+    assert grid.tolist() == [[0, 0, 1, 1, 2, 2], [0, 0, 1, 1, 2, 2], [3, 3, 4, 4, 5, 5], [3, 3, 4, 4, 5, 5]]
+
+
+def test_location_features_are_appended_and_renormalised() -> None:
+    e = F.normalize(torch.randn(1, 3, 2, 3), dim=1)
+    out = with_location(e)
+    raw = torch.cat(
+        [e, torch.tensor([[-0.5] * 3, [0.5] * 3])[None, None], torch.tensor([[-0.5, 0.0, 0.5]] * 2)[None, None]], 1
+    )
+    torch.testing.assert_close(out, F.normalize(raw, dim=1))
+
+
+@pytest.mark.parametrize("iterations", [0, 1, 10])
+def test_spherical_kmeans_matches_numpy_per_image(iterations: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = F.normalize(torch.randn(3, 40, 5, generator=g, dtype=torch.float64), dim=2)
+    init = torch.randint(0, 6, (3, 40), generator=g)
+    got = spherical_kmeans(x, init, 6, iterations)
+    for b in range(3):
+        assert got[b].tolist() == numpy_kmeans(x[b].numpy(), init[b].numpy(), 6, iterations).tolist()
+
+
+def test_split_segments_respects_every_partition_and_the_image() -> None:
+    g = torch.Generator().manual_seed(1)
+    clusters, labels, regions = (torch.randint(0, n, (2, 30), generator=g) for n in (3, 2, 4))
+    valid = torch.rand(2, 30, generator=g) > 0.2
+    segments = split_segments(clusters, labels, regions, valid=valid)
+    assert (segments.index[~valid] == UNLABELLED).all()
+    groups: dict[tuple, set] = {}
+    for b in range(2):
+        for i in range(30):
+            if valid[b, i]:
+                groups.setdefault((b, int(clusters[b, i]), int(labels[b, i]), int(regions[b, i])), set()).add(
+                    int(segments.index[b, i])
+                )
+    assert all(len(ids) == 1 for ids in groups.values())  # same keys → same segment
+    assert len({next(iter(ids)) for ids in groups.values()}) == len(groups) == segments.count  # and only then
+    for (b, c, lab, reg), ids in groups.items():
+        s = next(iter(ids))
+        assert int(segments.batch[s]) == b and segments.keys[:, s].tolist() == [c, lab, reg]
+
+
+def test_segment_means_are_normalised_sums() -> None:
+    e = torch.randn(7, 3, dtype=torch.float64)
+    index = torch.tensor([0, 1, 0, -1, 2, 1, 0])
+    got = segment_means(e, index, 3)
+    for s in range(3):
+        torch.testing.assert_close(got[s], F.normalize(e[index == s].sum(0), dim=0))
+
+
+def loop_contrast(e, own, protos, positive, negative, kappa):
+    """Per pixel, with Python sets: C⁺ = positives except the own segment, or {own} if that is empty."""
+    out = []
+    for i in range(e.shape[0]):
+        sims = [kappa * (e[i] @ protos[s]) for s in range(protos.shape[0])]
+        pos = [s for s in range(len(sims)) if positive[i, s] and s != own[i]] or [int(own[i])]
+        neg = [s for s in range(len(sims)) if negative[i, s] and s != own[i] and s not in pos]
+        num = sum(torch.exp(sims[s]) for s in pos)
+        den = num + sum((torch.exp(sims[s]) for s in neg), torch.zeros((), dtype=e.dtype))
+        out.append(-torch.log(num / den))
+    return torch.stack(out)
+
+
+def test_segment_contrast_matches_the_loop_values_and_gradients() -> None:
+    g = torch.Generator().manual_seed(2)
+    e = F.normalize(torch.randn(9, 4, generator=g, dtype=torch.float64), dim=1).requires_grad_()
+    protos = F.normalize(torch.randn(6, 4, generator=g, dtype=torch.float64), dim=1).requires_grad_()
+    own = torch.randint(0, 6, (9,), generator=g)
+    positive = torch.rand(9, 6, generator=g) > 0.6
+    positive[0] = False  # only the own segment: the fallback
+    negative = ~positive & (torch.rand(9, 6, generator=g) > 0.3)
+    got = segment_contrast(e, own, protos, positive, negative, 6.0)
+    e2, p2 = e.detach().clone().requires_grad_(), protos.detach().clone().requires_grad_()
+    want = loop_contrast(e2, own, p2, positive, negative, 6.0)
+    torch.testing.assert_close(got, want)
+    got.sum().backward()
+    want.sum().backward()
+    torch.testing.assert_close(e.grad, e2.grad)
+    torch.testing.assert_close(protos.grad, p2.grad)
+    assert got[0] >= 0 and math.isfinite(float(got[0].detach()))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The loss on a hand-built batch, against sets written out per relation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _batch(seed: int = 3):
+    """2 images, 4×4, 3-d embeddings; labels: class 1 and 2 in image 0, class 2 and unlabelled in image 1."""
+    g = torch.Generator().manual_seed(seed)
+    e = F.normalize(torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64), dim=1)
+    labels = torch.full((2, 4, 4), UNLABELLED)
+    labels[0, :2], labels[0, 2:] = 1, 2
+    labels[1, :, :2] = 2
+    regions = torch.zeros(2, 4, 4, dtype=torch.long)
+    regions[:, :, 2:] = 1
+    regions[1, 3] = 2
+    tags = torch.tensor([[0, 1, 1], [0, 0, 1]])  # foreground tags by class id (class 0 never a tag here)
+    return e, labels, regions, tags
+
+
+def loop_loss(e, labels, regions, tags, relations, bank=()):
+    """Segments = (image, label, region) with one k-means cluster per image (grid 1×1); relations spelled out."""
+    b, _, h, w = e.shape
+    keys, members = [], {}
+    for n in range(b):
+        for y in range(h):
+            for x in range(w):
+                key = (n, int(labels[n, y, x]), int(regions[n, y, x]))
+                members.setdefault(key, []).append((y, x))
+    keys = sorted(members)
+    protos = torch.stack([F.normalize(sum(e[k[0], :, y, x] for y, x in members[k]), dim=0) for k in keys])
+    located = with_location(e)
+    loc_protos = torch.stack([F.normalize(sum(located[k[0], :, y, x] for y, x in members[k]), dim=0) for k in keys])
+    seg_label = [k[1] for k in keys]
+    seg_tags = [set(tags[k[0]].nonzero()[:, 0].tolist()) for k in keys]
+    seg_image = [k[0] for k in keys]
+    all_protos = torch.cat([protos, *[m[0] for m in bank]]) if bank else protos
+    all_labels = seg_label + [int(v) for m in bank for v in m[1]]
+    all_tags = seg_tags + [set(t.nonzero()[:, 0].tolist()) for m in bank for t in m[2]]
+    all_image = seg_image + [-1] * (len(all_labels) - len(seg_label))
+
+    def term(rel, px_rows):
+        kappa, values = relations[rel].concentration, []
+        for n, y, x, own in px_rows:
+            if rel == "similarity":
+                feats, P = located[n, :, y, x], loc_protos
+                pos = {s for s in range(len(keys)) if seg_image[s] == n and keys[s][2] == int(regions[n, y, x])}
+                neg = {s for s in range(len(keys)) if seg_image[s] == n} - pos
+            elif rel == "cooccurrence":
+                feats, P = e[n, :, y, x], all_protos
+                mine = set(tags[n].nonzero()[:, 0].tolist())
+                pos = {s for s in range(len(all_labels)) if (mine & all_tags[s]) or all_image[s] == n}
+                neg = set(range(len(all_labels))) - pos
+            else:
+                feats, P = e[n, :, y, x], all_protos
+                lab = int(labels[n, y, x])
+                pos = {s for s in range(len(all_labels)) if all_labels[s] == lab}
+                neg = {s for s in range(len(all_labels)) if all_labels[s] >= 0} - pos
+            positive = torch.zeros(1, P.shape[0], dtype=torch.bool)
+            negative = torch.zeros(1, P.shape[0], dtype=torch.bool)
+            positive[0, list(pos)] = True
+            negative[0, list(neg)] = True
+            values.append(loop_contrast(feats[None], torch.tensor([own]), P, positive, negative, kappa)[0])
+        return torch.stack(values).mean()
+
+    pixels = [(n, y, x, keys.index((n, int(labels[n, y, x]), int(regions[n, y, x])))) for n in range(b)
+              for y in range(h) for x in range(w)]  # fmt: skip
+    labelled = [p for p in pixels if int(labels[p[0], p[1], p[2]]) >= 0]
+    out = {"similarity": term("similarity", pixels), "cooccurrence": term("cooccurrence", pixels)}
+    out["annotation"] = term("annotation", labelled)
+    return out, (protos.detach(), torch.tensor(seg_label), torch.stack([tags[k[0]].bool() for k in keys]))
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [[[0, 1, 1], [0, 0, 1]], [[0, 1, 0], [0, 0, 1]], [[0, 1, 1], [0, 0, 0]]],
+    ids=["shared tag", "disjoint tags", "untagged image"],
+)
+def test_relations_match_their_sets_written_out(tags: list) -> None:
+    e, labels, regions, _ = _batch()
+    tags = torch.tensor(tags)
+    relations = {"similarity": Relation(0.1, 16.0), "annotation": Relation(1.0, 6.0),
+                 "cooccurrence": Relation(0.5, 8.0)}  # fmt: skip
+    loss_fn = PixelSegmentContrastLoss(**relations, grid=(1, 1), iterations=2)
+    e1 = e.clone().requires_grad_()
+    total = loss_fn(e1, labels, regions, tags)
+    e2 = e.clone().requires_grad_()
+    want, memory = loop_loss(e2, labels, regions, tags, relations)
+    for name in ("similarity", "annotation", "cooccurrence"):
+        torch.testing.assert_close(loss_fn.last_terms[name], want[name].detach(), msg=name)
+    want_total = sum(relations[k].weight * v for k, v in want.items())
+    torch.testing.assert_close(total, want_total)
+    total.backward()
+    want_total.backward()
+    torch.testing.assert_close(e1.grad, e2.grad)
+
+    # Second batch: the first one's segments are in the memory bank (annotation and co-occurrence sets).
+    e_next = F.normalize(e.flip(-1) + 0.3, dim=1)
+    total = loss_fn(e_next, labels, regions, tags)
+    want, _ = loop_loss(e_next, labels, regions, tags, relations, bank=[memory])
+    for name in ("similarity", "annotation", "cooccurrence"):
+        torch.testing.assert_close(loss_fn.last_terms[name], want[name], msg=f"{name} with memory")
+
+
+def test_memory_bank_keeps_the_last_iterations_detached() -> None:
+    e, labels, regions, tags = _batch()
+    loss_fn = PixelSegmentContrastLoss(grid=(2, 2), memory=2)
+    for _ in range(3):
+        loss_fn(e.clone().requires_grad_(), labels, regions, tags)
+    assert len(loss_fn.bank) == 2 and not any(m[0].requires_grad for m in loss_fn.bank)
+
+
+def test_feature_affinity_labels_unlabelled_segments_by_their_nearest_labelled_one() -> None:
+    prototypes = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.2, 0.8]])
+    labels = torch.tensor([3, 5, UNLABELLED, UNLABELLED])
+    assert PixelSegmentContrastLoss._propagate(F.normalize(prototypes, dim=1), labels).tolist() == [3, 5, 3, 5]
+
+
+def test_affinity_term_runs_and_contrasts_every_pixel_of_a_labelled_segment() -> None:
+    e, labels, regions, tags = _batch()
+    loss_fn = PixelSegmentContrastLoss(Relation(0, 1), Relation(0, 1), Relation(0, 1), Relation(1.0, 6.0), grid=(1, 1))
+    value = loss_fn(e.clone().requires_grad_(), labels, regions, tags)
+    assert value > 0 and loss_fn.last_terms["annotation"] == 0
+
+
+def test_padding_is_in_no_segment() -> None:
+    e, labels, regions, tags = _batch()
+    valid = torch.ones(2, 4, 4, dtype=torch.bool)
+    valid[:, :, 3] = False
+    loss_fn = PixelSegmentContrastLoss(grid=(1, 1))
+    segments = loss_fn.segment(e, labels, regions, valid)
+    assert (segments.index.reshape(2, 4, 4)[:, :, 3] == UNLABELLED).all()
+    assert torch.isfinite(loss_fn(e, labels, regions, tags, valid))
