@@ -34,8 +34,16 @@ def test_sampler_ranks_partition_the_global_batch() -> None:
 
 def test_collate_keeps_variable_length_labels() -> None:
     a = Sample("a", np.zeros((4, 5, 3), np.uint8), points=np.array([[1, 2, 3]], np.float32), tags=np.array([1]))
-    b = Sample("b", np.zeros((4, 5, 3), np.uint8), mask=np.ones((4, 5), np.uint8), meta={"valid": (0, 0, 3, 2)})
+    regions = np.arange(20, dtype=np.int32).reshape(4, 5) + 300
+    b = Sample(
+        "b",
+        np.zeros((4, 5, 3), np.uint8),
+        mask=np.ones((4, 5), np.uint8),
+        regions=regions,
+        meta={"valid": (0, 0, 3, 2)},
+    )
     batch = collate([sample_to_tensors(s, 4) for s in (a, b)])
+    assert (batch["regions"][0] == -1).all() and batch["regions"][1].tolist() == regions.tolist()
     assert batch["image"].shape == (2, 3, 4, 5) and batch["image"].dtype == torch.uint8
     assert (batch["mask"][0] == IGNORE_INDEX).all() and (batch["mask"][1] == 1).all()
     assert [len(p) for p in batch["points"]] == [1, 0]

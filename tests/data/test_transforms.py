@@ -231,3 +231,16 @@ def test_missing_labels_stay_missing() -> None:
     assert out.size == (32, 32)
     assert out.mask is out.scribble is out.points is out.boxes is None
     np.testing.assert_array_equal(out.tags, [1, 2])
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_regions_follow_the_mask_with_nearest_sampling(seed: int) -> None:
+    """Region ids above 255 (int32) map one-to-one onto the mask's classes; padding gets −1."""
+    src = make_sample()
+    src = src.replace(regions=(src.mask.astype(np.int32) * 1000 + 7))
+    cfg = AugmentConfig(crop_size=48, scale_range=(0.6, 1.6), hflip=True, color_jitter=0.2)
+    out = JointTransform(cfg)(src, np.random.default_rng(seed))
+    assert out.regions.dtype == np.int32 and out.regions.shape == out.mask.shape
+    pad = out.mask == IGNORE_INDEX
+    assert np.all(out.regions[pad] == -1)
+    np.testing.assert_array_equal(out.regions[~pad], out.mask[~pad].astype(np.int32) * 1000 + 7)

@@ -10,6 +10,7 @@ Coordinate conventions, shared by every reader, simulator and transform:
 * ``mask`` and ``scribble``: H×W uint8 label maps, 255 = ignore / unlabelled.
 * ``tags``: sorted int64 array of the class ids present (for sets with a background class, background is implied
   and not listed).
+* ``regions``: H×W int32 ids of a low-level over-segmentation (``weakseg.pseudo.oversegment``), −1 = none.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from weakseg.errors import DataError
 
 LABEL_KINDS = ("tags", "boxes", "points", "scribbles")
+NO_REGION = -1  # ``regions`` outside every region (augmentation padding)
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Sample:
     boxes: np.ndarray | None = None
     points: np.ndarray | None = None
     scribble: np.ndarray | None = None
+    regions: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
 
     @property

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from weakseg.data.classes import IGNORE_INDEX
-from weakseg.data.sample import Sample
+from weakseg.data.sample import NO_REGION, Sample
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -37,10 +37,11 @@ class AugmentConfig:
 class JointTransform:
     """Rescale → pad → random crop → horizontal flip → colour jitter, applied to a sample and all its labels.
 
-    * Rescale: the image is resized bilinearly, ``mask`` and ``scribble`` with nearest neighbour (no new label
-      values), to ``round(H·s) × round(W·s)``; coordinates use the exact per-axis factors of the rounded size.
+    * Rescale: the image is resized bilinearly, ``mask``, ``scribble`` and ``regions`` with nearest neighbour (no
+      new label values), to ``round(H·s) × round(W·s)``; coordinates use the exact per-axis factors of the rounded size.
     * Pad: when ``crop_size > 0`` the image is padded at the **bottom and right** up to at least the crop size
-      (image with ``pad_image_value``, label maps with the ignore index), so coordinates are unchanged.
+      (image with ``pad_image_value``, label maps with the ignore index, regions with −1), so coordinates are
+      unchanged.
     * Crop: a uniformly random ``crop_size`` square; points whose pixel leaves the crop are dropped, boxes are
       clipped to it and dropped when no area is left.
     * Flip: with probability 1/2 when ``hflip``; a pure mirror of every array and coordinate.
@@ -74,8 +75,12 @@ class JointTransform:
         bilinear, nearest = Image.Resampling.BILINEAR, Image.Resampling.NEAREST
         image = _resample(image, window, sx, sy, out_shape, bilinear, cfg.pad_image_value)
         maps = {
-            k: None if m is None else _resample(m, window, sx, sy, out_shape, nearest, IGNORE_INDEX)
-            for k, m in (("mask", sample.mask), ("scribble", sample.scribble))
+            k: None if m is None else _resample(m, window, sx, sy, out_shape, nearest, fill)
+            for k, m, fill in (
+                ("mask", sample.mask, IGNORE_INDEX),
+                ("scribble", sample.scribble, IGNORE_INDEX),
+                ("regions", sample.regions, NO_REGION),
+            )
         }
         if (sx, sy) != (1.0, 1.0):
             points = None if points is None else _scale_points(points, sx, sy, nw, nh)
@@ -103,6 +108,7 @@ class JointTransform:
             image=_detach(image, sample.image),
             mask=None if maps["mask"] is None else _detach(maps["mask"], sample.mask),
             scribble=None if maps["scribble"] is None else _detach(maps["scribble"], sample.scribble),
+            regions=None if maps["regions"] is None else _detach(maps["regions"], sample.regions),
             points=None if points is None else _detach(points, sample.points),
             boxes=None if boxes is None else _detach(boxes, sample.boxes),
             tags=None if sample.tags is None else sample.tags.copy(),
