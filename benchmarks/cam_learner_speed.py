@@ -15,10 +15,10 @@ import statistics
 import time
 
 import torch
+from steptime import build, median_step_seconds
 
 from weakseg.data.classes import get_class_set
 from weakseg.methods import build_method
-from weakseg.models import ModelConfig, build_model
 
 LEARNERS = {
     "cam": ("cam", {}),
@@ -47,20 +47,8 @@ def main() -> None:
     print(f"{torch.get_num_threads()} threads, batch {args.batch}, crop {args.crop}, median of {args.steps} steps")
     medians = {}
     for name, (method_name, method_args) in LEARNERS.items():
-        model = build_model(ModelConfig(pretrained=False), voc.num_classes)
-        method = build_method(method_name, method_args, "tags", voc)
-        method.setup(model, ModelConfig(pretrained=False))
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-        model.train()
-        times = []
-        for _ in range(args.steps + 1):  # the first step warms up
-            start = time.perf_counter()
-            loss, _ = method.loss(method.forward(model, images), batch)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            times.append(time.perf_counter() - start)
-        medians[name] = statistics.median(times[1:])
+        model, method = build(method_name, method_args, "tags", voc)
+        medians[name] = median_step_seconds(model, method, images, batch, args.steps)
         print(f"  {name:16s} {medians[name]:.3f} s/step  ×{medians[name] / medians['cam']:.2f} of cam")
     # The loss alone at the standard shapes: both views on the second view's grid (stride 16 at 128²).
     grid = args.crop // 32

@@ -8,6 +8,7 @@ plot are regenerated from the JSON files after every run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -33,7 +34,7 @@ from weakseg.pseudo.cam import PseudoLabelConfig
 log = logging.getLogger(__name__)
 
 # Row order in the tables: the upper bound first, then methods as they land.
-METHOD_ORDER = ("full", "pce", "rloss", "cam", "hfpl", "seam", "ppc", "ppc-hfpl")
+METHOD_ORDER = ("full", "pce", "rloss", "cam", "hfpl", "seam", "ppc", "ppc-hfpl", "spml")
 # Rows of a registered method with other arguments: name → (method, supervisions); recipe <name>-<supervision>.
 VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {"ppc-hfpl": ("ppc", ("tags",))}
 SUPERVISION_ORDER = ("full", "tags", "boxes", "points", "scribbles", "mixed")
@@ -156,7 +157,10 @@ class Row:
             *PROFILES[self.profile],
             f"train.seed={self.seed}",
         ]
-        stages = METHODS[method_of(self.method)].stages
+        method = METHODS[method_of(self.method)]
+        if "region_cache" in {f.name for f in dataclasses.fields(method.Args)}:  # one over-segmentation per dataset
+            overrides.append(f"method_args.region_cache={cache.resolve() / 'regions' / self.dataset.name}")
+        stages = method.stages
         if len(stages) > 1:
             overrides += [f"stages.{stages[0]}.{item}" for item in STAGE_PROFILES[self.profile]]
         if self.supervision != "full":
@@ -167,6 +171,7 @@ class Row:
         recipe = to_dict(self.recipe(cache))
         recipe.pop("output_dir")
         recipe["data"].pop("labels", None)
+        recipe["method_args"].pop("region_cache", None)
         recipe["data"]["root"] = self.dataset.folder
         return _digest({"recipe": recipe, "labels": self.protocol_hash(), "profile": self.profile})
 

@@ -32,17 +32,20 @@ def test_tiny_end_to_end(shapes: Path, tmp_path: Path, recipe: str) -> None:
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
 
 
-def test_resume_continues_exactly(shapes: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("recipe", ["pce-points", "spml-points"])  # spml: its memory bank is in the checkpoint
+def test_resume_continues_exactly(shapes: Path, tmp_path: Path, recipe: str) -> None:
     """train N steps == N/2 steps + resume + N/2 steps: same weights and optimizer state (CPU, deterministic)."""
     extra = ("train.steps=6", "train.ckpt_every=3", "data.num_workers=1", "model.dropout=0.2")
-    straight = _trainer(shapes, tmp_path / "straight", "pce-points", *extra)
+    if recipe == "spml-points":
+        extra += (f"method_args.region_cache={tmp_path / 'regions'}",)
+    straight = _trainer(shapes, tmp_path / "straight", recipe, *extra)
     straight.fit()
 
-    first = _trainer(shapes, tmp_path / "split", "pce-points", *extra)
+    first = _trainer(shapes, tmp_path / "split", recipe, *extra)
     first.fit(until=3)
     assert load_checkpoint(tmp_path / "split" / "last.pt")["step"] == 3
     del first
-    second = _trainer(shapes, tmp_path / "split", "pce-points", *extra)
+    second = _trainer(shapes, tmp_path / "split", recipe, *extra)
     assert second.resume()
     assert second.step == 3
     second.fit()

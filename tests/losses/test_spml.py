@@ -14,6 +14,7 @@ from weakseg.losses.spml import (
     UNLABELLED,
     PixelSegmentContrastLoss,
     Relation,
+    SegmentSets,
     grid_labels,
     segment_contrast,
     segment_means,
@@ -101,15 +102,21 @@ def loop_contrast(e, own, protos, positive, negative, kappa):
 
 
 def test_segment_contrast_matches_the_loop_values_and_gradients() -> None:
+    """Sets from random group tables, in chunks of 4 pixels (recomputed in the backward pass)."""
     g = torch.Generator().manual_seed(2)
     e = F.normalize(torch.randn(9, 4, generator=g, dtype=torch.float64), dim=1).requires_grad_()
     protos = F.normalize(torch.randn(6, 4, generator=g, dtype=torch.float64), dim=1).requires_grad_()
     own = torch.randint(0, 6, (9,), generator=g)
-    positive = torch.rand(9, 6, generator=g) > 0.6
-    positive[0] = False  # only the own segment: the fallback
-    negative = ~positive & (torch.rand(9, 6, generator=g) > 0.3)
-    got = segment_contrast(e, own, protos, positive, negative, 6.0)
+    group, kind = torch.randint(0, 3, (6,), generator=g), torch.randint(0, 4, (9,), generator=g)
+    pos_table = torch.rand(4, 3, generator=g) > 0.5
+    pos_table[0] = False  # kind 0: only the own segment, the fallback
+    neg_table = torch.rand(4, 3, generator=g) > 0.3
+    kind[0] = 0
+    sets = SegmentSets(group, kind, pos_table, neg_table)
+    got = segment_contrast(e, own, protos, sets, 6.0, chunk=4)
     e2, p2 = e.detach().clone().requires_grad_(), protos.detach().clone().requires_grad_()
+    positive = pos_table[kind][:, group]
+    negative = neg_table[kind][:, group]
     want = loop_contrast(e2, own, p2, positive, negative, 6.0)
     torch.testing.assert_close(got, want)
     got.sum().backward()
@@ -156,7 +163,7 @@ def loop_loss(e, labels, regions, tags, relations, bank=()):
     seg_image = [k[0] for k in keys]
     all_protos = torch.cat([protos, *[m[0] for m in bank]]) if bank else protos
     all_labels = seg_label + [int(v) for m in bank for v in m[1]]
-    all_tags = seg_tags + [set(t.nonzero()[:, 0].tolist()) for m in bank for t in m[2]]
+    all_tags = seg_tags + [set(m[2][int(i)].nonzero()[:, 0].tolist()) for m in bank for i in m[3]]
     all_image = seg_image + [-1] * (len(all_labels) - len(seg_label))
 
     def term(rel, px_rows):
@@ -188,7 +195,7 @@ def loop_loss(e, labels, regions, tags, relations, bank=()):
     labelled = [p for p in pixels if int(labels[p[0], p[1], p[2]]) >= 0]
     out = {"similarity": term("similarity", pixels), "cooccurrence": term("cooccurrence", pixels)}
     out["annotation"] = term("annotation", labelled)
-    return out, (protos.detach(), torch.tensor(seg_label), torch.stack([tags[k[0]].bool() for k in keys]))
+    return out, (protos.detach(), torch.tensor(seg_label), tags.bool(), torch.tensor(seg_image))
 
 
 @pytest.mark.parametrize(
@@ -216,8 +223,9 @@ def test_relations_match_their_sets_written_out(tags: list) -> None:
 
     # Second batch: the first one's segments are in the memory bank (annotation and co-occurrence sets).
     e_next = F.normalize(e.flip(-1) + 0.3, dim=1)
-    total = loss_fn(e_next, labels, regions, tags)
-    want, _ = loop_loss(e_next, labels, regions, tags, relations, bank=[memory])
+    swapped = labels.flip(0), regions.flip(0), tags.flip(0)  # another batch: images in the other order
+    total = loss_fn(e_next, *swapped)
+    want, _ = loop_loss(e_next, *swapped, relations, bank=[memory])
     for name in ("similarity", "annotation", "cooccurrence"):
         torch.testing.assert_close(loss_fn.last_terms[name], want[name], msg=f"{name} with memory")
 
@@ -251,3 +259,16 @@ def test_padding_is_in_no_segment() -> None:
     segments = loss_fn.segment(e, labels, regions, valid)
     assert (segments.index.reshape(2, 4, 4)[:, :, 3] == UNLABELLED).all()
     assert torch.isfinite(loss_fn(e, labels, regions, tags, valid))
+
+
+def test_pixel_sampling_counts_that_many_pixels_per_image() -> None:
+    e, labels, regions, tags = _batch()
+    every = PixelSegmentContrastLoss(grid=(1, 1))(e, labels, regions, tags)
+    all_of_them = PixelSegmentContrastLoss(grid=(1, 1), pixels_per_image=16)(e, labels, regions, tags)
+    torch.testing.assert_close(all_of_them, every)  # 16 = every pixel of a 4×4 image
+    loss_fn = PixelSegmentContrastLoss(grid=(1, 1), pixels_per_image=3)
+    chosen = loss_fn._sample(torch.tensor([0] * 10 + [1] * 2), 2)
+    assert chosen.tolist()[-2:] == [10, 11] and len(chosen) == 5 and (chosen[:3] < 10).all()
+    assert torch.isfinite(loss_fn(e, labels, regions, tags))
+    with pytest.raises(ValueError, match="pixels_per_image"):
+        PixelSegmentContrastLoss(pixels_per_image=0)

@@ -171,3 +171,14 @@ def test_aspp_rates_default_and_configured() -> None:
     assert dilations(model_with()) == [6, 12, 18]
     assert dilations(model_with(output_stride=8)) == [12, 24, 36]
     assert dilations(model_with(aspp_rates=(3, 6, 9))) == [3, 6, 9]
+
+
+def test_classifier_can_read_a_decoder_head_but_not_a_backbone_one() -> None:
+    model = build_model(ModelConfig(pretrained=False, head_channels=16, channels_last=False), 3)
+    model.add_head("emb", ProjectionHead(16, 8), "decoder")
+    model.add_head("cam", CAMHead(320, 3), "backbone")
+    with pytest.raises(ValueError, match="decoder or a head fed by it, not 'cam'"):
+        model.set_classifier(torch.nn.Conv2d(8, 3, 1), source="cam")
+    model.set_classifier(torch.nn.Conv2d(8, 3, 1), source="emb")
+    out = model(torch.randn(1, 3, 32, 32))
+    torch.testing.assert_close(out["logits"], model.classifier(out["emb"]))

@@ -68,6 +68,20 @@ def collate(items: list[dict]) -> Batch:
     }
 
 
+class PreparedTransform:
+    """``transform(prepare(sample), rng)``: a per-sample step (a method's) before the random augmentation."""
+
+    def __init__(
+        self,
+        prepare: Callable[[Sample], Sample],
+        transform: Callable[[Sample, np.random.Generator], Sample],
+    ) -> None:
+        self.prepare, self.transform = prepare, transform
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        return self.transform(self.prepare(sample), rng)
+
+
 class AugmentedDataset(torch.utils.data.Dataset):
     """Index ``k`` = ``epoch · N + i``: sample ``i`` augmented with an RNG seeded by ``(seed, epoch, i)``."""
 

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from weakseg.data.dataset import SegmentationDataset, resolve_class_set
 from weakseg.data.formats import write_json
-from weakseg.data.loader import AugmentedDataset, StepSampler, collate
+from weakseg.data.loader import AugmentedDataset, PreparedTransform, StepSampler, collate
 from weakseg.data.transforms import JointTransform
 from weakseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from weakseg.engine.config import to_dict
@@ -78,6 +78,7 @@ class Trainer:
         torch.manual_seed(t.seed)
         self.class_set = resolve_class_set(recipe.data, recipe.data.train_split)
         self.method: Method = build_method(recipe.method, recipe.method_args, recipe.supervision, self.class_set)
+        self.method.bind(recipe.data, self.out)
         self.train_set = SegmentationDataset(
             recipe.data,
             recipe.data.train_split,
@@ -124,6 +125,7 @@ class Trainer:
             "history": self.history,
             "recipe": to_dict(self.recipe),
             "class_set": self.class_set.to_dict(),
+            "method": self.method.state_dict(),
         }
 
     def save(self, name: str) -> None:
@@ -143,15 +145,15 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         self.step, self.best_score, self.history = state["step"], state["best_score"], state["history"]
+        self.method.load_state_dict(state.get("method", {}))
         log.info("resumed from %s at step %d", path, self.step)
         return True
 
     # ------------------------------------------------------------------ training
     def _loader(self) -> torch.utils.data.DataLoader:
         t, data = self.recipe.train, self.recipe.data
-        dataset = AugmentedDataset(
-            self.train_set, JointTransform(self.recipe.augment), self.class_set.num_classes, t.seed
-        )
+        transform = PreparedTransform(self.method.prepare_sample, JointTransform(self.recipe.augment))
+        dataset = AugmentedDataset(self.train_set, transform, self.class_set.num_classes, t.seed)
         sampler = StepSampler(len(self.train_set), t.batch_size, t.steps, t.seed, start_step=self.step)
         return torch.utils.data.DataLoader(
             dataset,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from weakseg.losses.cam import compute_dtype
 
@@ -91,28 +92,71 @@ def segment_means(embeddings: torch.Tensor, index: torch.Tensor, count: int) -> 
     return F.normalize(sums.index_add(0, index[keep], embeddings[keep]), dim=1)
 
 
+@dataclass
+class SegmentSets:
+    """Positive and negative segment sets of a relation, by group: segment ``s`` is in group ``group[s]``, pixel ``i``
+    is of kind ``kind[i]``; ``s`` is positive (negative) to ``i`` when ``positive[kind[i], group[s]]``
+    (``negative[…]``). Every relation of SPML is of this form (a label, an image, a region decides), which lets the
+    contrast sum ``exp(κ e·μ)`` by group with one matrix product instead of masking ``N×S`` pairs."""
+
+    group: torch.Tensor  # S long
+    kind: torch.Tensor  # N long
+    positive: torch.Tensor  # kinds × groups bool
+    negative: torch.Tensor  # kinds × groups bool
+
+
 def segment_contrast(
     embeddings: torch.Tensor,
     own: torch.Tensor,
     prototypes: torch.Tensor,
-    positive: torch.Tensor,
-    negative: torch.Tensor,
+    sets: SegmentSets,
     concentration: float,
+    chunk: int = 4096,
 ) -> torch.Tensor:
     """Per-pixel ``−log(Σ_{s∈C⁺} exp(κ e_iᵀμ_s) / Σ_{s∈C⁺∪C⁻} exp(κ e_iᵀμ_s))`` (SPML eq. 3, SegSort+).
 
-    ``embeddings`` ``N×D``, ``own`` ``N`` the pixel's own segment among the ``S×D`` ``prototypes``, ``positive`` /
-    ``negative`` ``N×S`` masks. ``C⁺`` is the positives other than the own segment, or the own segment alone when
-    there is no other positive; the own segment is never a negative.
+    ``embeddings`` ``N×D`` and ``prototypes`` ``S×D`` of unit length, ``own`` ``N`` the pixel's own segment. ``C⁺`` is
+    the positives other than the own segment, or the own segment alone when there is no other positive; the own
+    segment is never a negative. Pixels are taken ``chunk`` at a time and, under autograd, each chunk is recomputed
+    in the backward pass (activation checkpointing): memory stays O(chunk·S), never O(N·S).
     """
+    out = []
+    for start in range(0, embeddings.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        args = (embeddings[rows], own[rows], sets.kind[rows], prototypes, sets, concentration)
+        if torch.is_grad_enabled() and (embeddings.requires_grad or prototypes.requires_grad):
+            out.append(checkpoint(_contrast_rows, *args, use_reentrant=False))
+        else:
+            out.append(_contrast_rows(*args))
+    return torch.cat(out) if out else embeddings.new_zeros(0)
+
+
+def _contrast_rows(
+    embeddings: torch.Tensor,
+    own: torch.Tensor,
+    kind: torch.Tensor,
+    prototypes: torch.Tensor,
+    sets: SegmentSets,
+    kappa: float,
+) -> torch.Tensor:
     dtype = compute_dtype(embeddings)
-    logits = concentration * (embeddings.to(dtype) @ prototypes.to(dtype).T)  # N×S
-    own_mask = F.one_hot(own, prototypes.shape[0]).bool()
-    others = positive & ~own_mask
-    numerator = torch.where(others.any(1, keepdim=True), others, own_mask)
-    denominator = numerator | (negative & ~own_mask)
-    log_num = torch.logsumexp(logits.masked_fill(~numerator, -torch.inf), 1)
-    return torch.logsumexp(logits.masked_fill(~denominator, -torch.inf), 1) - log_num
+    groups = sets.positive.shape[1]
+    members = F.one_hot(sets.group, groups).to(dtype)  # S×G
+    # Unit vectors: κ e·μ ∈ [−κ, κ], so exp(κ(e·μ − 1)) ∈ [e^{−2κ}, 1] needs no max-shift.
+    weights = torch.addmm(embeddings.new_full((), -kappa, dtype=dtype), embeddings.to(dtype), prototypes.to(dtype).T,
+                          alpha=kappa).exp_()  # n×S  # fmt: skip
+    by_group = weights @ members  # n×G: Σ exp(κ(e·μ − 1)) over each group's segments
+    positive = sets.positive[kind]  # n×G
+    negative = sets.negative[kind] & ~positive
+    own_weight = weights.gather(1, own[:, None])[:, 0]
+    own_group = sets.group[own][:, None]
+    own_positive = positive.gather(1, own_group)[:, 0].to(dtype)
+    own_negative = negative.gather(1, own_group)[:, 0].to(dtype)
+    others = (positive.to(dtype) * members.sum(0)).sum(1) - own_positive  # positives besides the own segment
+    pos_sum = (by_group * positive).sum(1) - own_positive * own_weight
+    numerator = torch.where(others > 0, pos_sum, own_weight)
+    rest = (by_group * negative).sum(1) - own_negative * own_weight
+    return torch.log(numerator + rest) - torch.log(numerator)
 
 
 @dataclass
@@ -139,7 +183,9 @@ class PixelSegmentContrastLoss(nn.Module):
       builds it but never calls it).
 
     ``memory`` iterations of segments (detached, with their labels and tags) enlarge the annotation, co-occurrence
-    and affinity sets.
+    and affinity sets. ``pixels_per_image`` (None: all, as in the paper) draws that many pixels of each image at
+    random whose losses count; segments are still the means of all their pixels. The loss is then an unbiased
+    estimate of the full one at a fraction of its O(pixels × segments) cost.
     """
 
     def __init__(
@@ -151,14 +197,18 @@ class PixelSegmentContrastLoss(nn.Module):
         grid: tuple[int, int] = (6, 6),
         iterations: int = 10,
         memory: int = 2,
+        pixels_per_image: int | None = None,
     ) -> None:
         super().__init__()
         if grid[0] < 1 or grid[1] < 1 or iterations < 0 or memory < 0:
             raise ValueError(f"grid must be positive, iterations and memory >= 0; got {grid}, {iterations}, {memory}")
         self.relations = {"similarity": similarity, "annotation": annotation, "cooccurrence": cooccurrence}
         self.relations["affinity"] = affinity
-        self.grid, self.iterations = grid, iterations
-        self.bank: deque[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = deque(maxlen=memory)
+        if pixels_per_image is not None and pixels_per_image < 1:
+            raise ValueError(f"pixels_per_image must be None or >= 1, got {pixels_per_image}")
+        self.grid, self.iterations, self.pixels_per_image = grid, iterations, pixels_per_image
+        # (prototypes, labels, image tags, image of each segment) of the last iterations, detached
+        self.bank: deque[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = deque(maxlen=memory)
         self.last_terms: dict[str, torch.Tensor] = {}
 
     def segment(self, embeddings: torch.Tensor, labels: torch.Tensor, regions: torch.Tensor, valid: torch.Tensor):
@@ -190,45 +240,87 @@ class PixelSegmentContrastLoss(nn.Module):
         keep = own >= 0
         pixels, own = pixels[keep], own[keep]
         pixel_batch = torch.arange(b, device=own.device).repeat_interleave(h * w)[keep]
-        pixel_label = labels.reshape(-1)[keep]
-        prototypes = segment_means(pixels, own, segments.count)
-        seg_label, seg_region = segments.keys[1], segments.keys[2]
-        seg_tags = tags[segments.batch].bool()
+        prototypes = segment_means(pixels, own, segments.count)  # from every pixel
+        located = with_location(embeddings).flatten(2).transpose(1, 2).reshape(b * h * w, d + 2)[keep]
+        located_protos = segment_means(located, own, segments.count)
+        # The pixels whose loss counts: all of them, or a random subset of each image's.
+        chosen = self._sample(pixel_batch, b)
+        pixels, own, pixel_batch, located = pixels[chosen], own[chosen], pixel_batch[chosen], located[chosen]
+        pixel_label = labels.reshape(-1)[keep][chosen]
+        seg_label = segments.keys[1]
 
-        # This batch's segments first (the own segments index them), then the memory bank's.
-        current = (prototypes, seg_label, seg_tags)
-        all_protos, all_labels, all_tags = (torch.cat(parts) for parts in zip(current, *self.bank, strict=True))
+        # This batch's segments first (the own segments index them), then the memory bank's: prototypes, labels,
+        # and per image (numbered on from this batch's) its tags.
+        all_protos = torch.cat([prototypes, *(entry[0].to(prototypes.dtype) for entry in self.bank)])
+        all_labels = torch.cat([seg_label, *(entry[1] for entry in self.bank)])
+        image_tags, all_images, offset = [tags.bool()], [segments.batch], b
+        for _, _, bank_tags, bank_images in self.bank:
+            image_tags.append(bank_tags)
+            all_images.append(bank_images + offset)
+            offset += bank_tags.shape[0]
+        all_tags, all_images = torch.cat(image_tags), torch.cat(all_images)
 
         terms: dict[str, torch.Tensor] = {}
         for name, relation in self.relations.items():
             if relation.weight == 0:
                 terms[name] = pixels.new_zeros((), dtype=compute_dtype(pixels))
                 continue
-            if name == "similarity":
-                located = with_location(embeddings).flatten(2).transpose(1, 2).reshape(b * h * w, d + 2)[keep]
-                same_image = pixel_batch[:, None] == segments.batch[None]
-                same_region = regions.reshape(-1)[keep][:, None] == seg_region[None]
-                loss = segment_contrast(
-                    located, own, segment_means(located, own, segments.count),
-                    same_image & same_region, same_image & ~same_region, relation.concentration,
-                )  # fmt: skip
-            elif name == "cooccurrence":
-                shared = (tags[pixel_batch].float() @ all_tags.float().T) > 0
-                shared[:, : segments.count] |= pixel_batch[:, None] == segments.batch[None]
-                loss = segment_contrast(pixels, own, all_protos, shared, ~shared, relation.concentration)
-            else:  # annotation, affinity: labelled pixels against labelled segments
+            if name == "similarity":  # per image: groups are its regions, a pixel's kind is its own region
+                loss = torch.cat([
+                    self._similarity(located, own, located_protos, segments, pixel_batch == image,
+                                     segments.batch == image, relation.concentration)
+                    for image in range(b)
+                ])  # fmt: skip
+            elif name == "cooccurrence":  # groups: the images of this batch and of the memory bank; kinds: images
+                shared = (tags.float() @ all_tags.float().T) > 0  # B × images
+                shared[:, :b] |= torch.eye(b, dtype=torch.bool, device=own.device)
+                sets = SegmentSets(all_images, pixel_batch, shared, ~shared)
+                loss = segment_contrast(pixels, own, all_protos, sets, relation.concentration)
+            else:  # annotation, affinity: groups and kinds are labels (+1: 0 = unlabelled)
                 targets = all_labels if name == "annotation" else self._propagate(all_protos, all_labels)
                 wanted = pixel_label if name == "annotation" else targets[own]
                 rows = wanted >= 0
-                labelled = targets >= 0
-                same = (wanted[rows][:, None] == targets[None]) & labelled[None]
-                loss = segment_contrast(
-                    pixels[rows], own[rows], all_protos, same, labelled[None] & ~same, relation.concentration
-                )
+                k = int(max(targets.max(), wanted.max())) + 2
+                labelled = torch.arange(k, device=own.device) > 0
+                same = torch.eye(k, dtype=torch.bool, device=own.device) & labelled[None]
+                sets = SegmentSets(targets + 1, wanted[rows] + 1, same, labelled[None] & labelled[:, None] & ~same)
+                loss = segment_contrast(pixels[rows], own[rows], all_protos, sets, relation.concentration)
             terms[name] = loss.mean() if loss.numel() else pixels.new_zeros((), dtype=compute_dtype(pixels))
-        self.bank.append((prototypes.detach(), seg_label, seg_tags))
+        self.bank.append((prototypes.detach(), seg_label, tags.bool(), segments.batch))
         self.last_terms = {k: v.detach() for k, v in terms.items()}
         return sum(self.relations[k].weight * v for k, v in terms.items())
+
+    @staticmethod
+    def _similarity(
+        located: torch.Tensor,
+        own: torch.Tensor,
+        located_protos: torch.Tensor,
+        segments: Segments,
+        pixel_in: torch.Tensor,
+        segment_in: torch.Tensor,
+        concentration: float,
+    ) -> torch.Tensor:
+        """Low-level image similarity for one image's pixels: ``C⁺`` the segments of the pixel's region, ``C⁻`` the
+        image's other segments."""
+        index = segment_in.nonzero()[:, 0]  # this image's segments, in order
+        local = torch.full_like(segments.batch, -1)
+        local[index] = torch.arange(index.shape[0], device=index.device)
+        _, group = torch.unique(segments.keys[2][index], return_inverse=True)
+        own_local = local[own[pixel_in]]
+        same = torch.eye(int(group.max()) + 1 if group.numel() else 0, dtype=torch.bool, device=group.device)
+        sets = SegmentSets(group, group[own_local], same, ~same)
+        return segment_contrast(located[pixel_in], own_local, located_protos[index], sets, concentration)
+
+    def _sample(self, pixel_batch: torch.Tensor, images: int) -> torch.Tensor:
+        """Indices of the pixels whose loss counts: all, or ``pixels_per_image`` drawn at random per image."""
+        if self.pixels_per_image is None:
+            return torch.arange(pixel_batch.shape[0], device=pixel_batch.device)
+        picked = []
+        for image in range(images):
+            members = (pixel_batch == image).nonzero()[:, 0]
+            order = torch.randperm(members.shape[0], device=members.device)[: self.pixels_per_image]
+            picked.append(members[order.sort().values])
+        return torch.cat(picked)
 
     @staticmethod
     def _propagate(prototypes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

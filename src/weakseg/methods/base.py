@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from weakseg.data.classes import ClassSet
+from weakseg.data.dataset import DataConfig
+from weakseg.data.sample import Sample
 from weakseg.engine.config import from_dict
 from weakseg.errors import ConfigError
 from weakseg.models.segmentor import ModelConfig
@@ -68,6 +70,20 @@ class Method:
     def begin_step(self, step: int, total_steps: int) -> None:
         """Called by the trainer before each step's loss (0-based ``step``): for losses that follow the schedule."""
         self.step, self.total_steps = step, total_steps
+
+    def prepare_sample(self, sample: Sample) -> Sample:
+        """Per training sample, before augmentation: what the method adds to it (e.g. SPML's over-segmentation)."""
+        return sample
+
+    def bind(self, data: DataConfig, output_dir: Path) -> None:
+        """Called by the trainer with the run's data and output folder (for caches a method keeps on disk)."""
+
+    def state_dict(self) -> dict:
+        """Training state the method carries between steps (e.g. a memory bank), saved in checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
 
     def forward(self, model: nn.Module, images: torch.Tensor) -> dict:
         """The model outputs the loss reads, from the normalised ``images`` of a batch (one forward by default;

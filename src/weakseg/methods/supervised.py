@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from weakseg.data.classes import IGNORE_INDEX
 from weakseg.data.rasterize import dilate_labels, rasterize_points
 from weakseg.losses import PartialCrossEntropy
 from weakseg.methods.base import Method, register_method
@@ -47,15 +48,25 @@ class PartialCE(Method):
         return ("points", "scribbles")
 
     def sparse_target(self, batch: dict) -> torch.Tensor:
-        """Scribbles (grown by ``scribble_radius``) where present, then points (disks of ``point_radius``)."""
-        scribble = batch["scribble"]
-        target = dilate_labels(scribble, self.args.scribble_radius, self.class_set.ignore_index)
-        if "points" in self.label_kinds():
-            h, w = scribble.shape[-2:]
-            points = rasterize_points(batch["points"], h, w, self.args.point_radius, scribble.device)
-            target = torch.where(target == self.class_set.ignore_index, points, target)
-        return target
+        args = self.args
+        return sparse_target(
+            batch, self.label_kinds(), args.point_radius, args.scribble_radius, self.class_set.ignore_index
+        )
 
     def loss(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         loss = self.criterion(outputs["logits"], self.sparse_target(batch))
         return loss, {"pce": loss.detach()}
+
+
+def sparse_target(
+    batch: dict, kinds: tuple[str, ...], point_radius: int, scribble_radius: int, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """``B×H×W`` labels of a batch's points and scribbles: scribbles (grown by ``scribble_radius``) where present,
+    then points (disks of ``point_radius``) where ``kinds`` holds them; ``ignore_index`` elsewhere."""
+    scribble = batch["scribble"]
+    target = dilate_labels(scribble, scribble_radius, ignore_index)
+    if "points" in kinds:
+        h, w = scribble.shape[-2:]
+        points = rasterize_points(batch["points"], h, w, point_radius, scribble.device)
+        target = torch.where(target == ignore_index, points, target)
+    return target

@@ -1,5 +1,5 @@
 from weakseg.models.backbones import Backbone, BackboneInfo, create_backbone, create_pre_logits
-from weakseg.models.heads import ASPP, CAMHead, DeepLabDecoder, ProjectionHead
+from weakseg.models.heads import ASPP, CAMHead, DeepLabDecoder, EmbeddingClassifier, ProjectionHead
 from weakseg.models.segmentor import ModelConfig, SegmentationModel, build_model
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "BackboneInfo",
     "CAMHead",
     "DeepLabDecoder",
+    "EmbeddingClassifier",
     "ModelConfig",
     "ProjectionHead",
     "SegmentationModel",

@@ -60,13 +60,14 @@ def oversegment(image: np.ndarray, cfg: OversegmentConfig) -> np.ndarray:
 class RegionCache:
     """Adds ``regions`` to samples: read from ``folder/<settings hash>/<image id>.png`` or computed and written.
 
-    The folder holds one sub-folder per setting (with its ``settings.json``), so changing the settings never reuses
-    stale maps. A cached map of the wrong size is recomputed.
+    The folder holds one sub-folder per setting and ``scope`` (e.g. the dataset's folder, so that two datasets with
+    the same image ids never share maps), with its ``settings.json``: changing either never reuses stale maps. A
+    cached map of the wrong size is recomputed.
     """
 
-    def __init__(self, folder: str | Path, cfg: OversegmentConfig) -> None:
+    def __init__(self, folder: str | Path, cfg: OversegmentConfig, scope: str = "") -> None:
         self.cfg = cfg.check()
-        settings = json.dumps(asdict(cfg), sort_keys=True)
+        settings = json.dumps({**asdict(cfg), "scope": scope}, sort_keys=True)
         self.folder = Path(folder) / hashlib.sha256(settings.encode()).hexdigest()[:12]
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "settings.json").write_text(settings + "\n")

@@ -1,0 +1,116 @@
+"""SPML from points and scribbles: the embedding head, the classifier on the detached embedding, the random-walk
+refinement at inference, the loss terms, the memory bank in the method's state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.methods.test_cam import VOC, _model
+from weakseg.data.dataset import DataConfig
+from weakseg.errors import ConfigError, TrainingError
+from weakseg.methods import build_method
+from weakseg.models.segmentor import ModelConfig
+from weakseg.pseudo.random_walk import RandomWalk
+
+
+def _batch(b: int = 2, size: int = 64) -> dict:
+    scribble = torch.full((b, size, size), 255)
+    scribble[:, 10:12, 5:40] = 0
+    scribble[0, 40:42, 10:50] = 8
+    scribble[1, 30:32, 20:30] = 15
+    regions = torch.zeros(b, size, size, dtype=torch.long)
+    regions[:, 32:] = 1
+    regions[:, :, 50:] = -1  # padding
+    valid = torch.ones(b, size, size, dtype=torch.bool)
+    valid[:, :, 50:] = False
+    return {"scribble": scribble, "points": [torch.zeros(0, 3)] * b, "regions": regions, "valid": valid}
+
+
+def _spml(**args):
+    model = _model()
+    method = build_method("spml", {"grid": [2, 2], **args}, "scribbles", VOC)
+    method.setup(model, ModelConfig(pretrained=False))
+    return model, method
+
+
+def test_classifier_reads_the_detached_embedding() -> None:
+    torch.manual_seed(0)
+    model, _ = _spml(random_walk=False)
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out["embedding"].shape == (2, 64, 16, 16) and out["logits"].shape == (2, VOC.num_classes, 16, 16)
+    torch.testing.assert_close(out["embedding"].norm(dim=1), torch.ones(2, 16, 16))
+    out["logits"].sum().backward()
+    assert model.heads["embedding"].net[0].weight.grad is None  # the classifier's loss never reaches the embedding
+    assert model.classifier.net[0].weight.grad.abs().sum() > 0
+
+
+def test_loss_trains_the_embedding_with_the_contrast_and_the_classifier_with_ce() -> None:
+    torch.manual_seed(0)
+    model, method = _spml()
+    out = model(torch.randn(2, 3, 64, 64))
+    loss, terms = method.loss(out, _batch())
+    assert set(terms) == {"similarity", "annotation", "cooccurrence", "ce"}
+    assert all(torch.isfinite(v) for v in terms.values()) and terms["annotation"] > 0
+    loss.backward()
+    assert model.heads["embedding"].net[0].weight.grad.abs().sum() > 0
+    assert model.classifier.net[-1].weight.grad.abs().sum() > 0
+
+
+def test_image_classes_are_the_foreground_labels_of_each_image() -> None:
+    _, method = _spml()
+    classes = method.image_classes(_batch()["scribble"])
+    assert classes.shape == (2, VOC.num_classes - 1)
+    assert classes[0].nonzero()[:, 0].tolist() == [7] and classes[1].nonzero()[:, 0].tolist() == [14]
+
+
+def test_inference_refines_the_classifier_by_the_random_walk() -> None:
+    torch.manual_seed(0)
+    model, _ = _spml()
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64))
+        raw = model.classifier.net(out["embedding"])
+        probs = F.avg_pool2d(raw.softmax(1), 2)
+        walked = RandomWalk()(probs, F.avg_pool2d(out["embedding"], 2))
+        want = F.interpolate(walked, size=(16, 16), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out["logits"].softmax(1), want / want.sum(1, keepdim=True), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(out["logits"].softmax(1), raw.softmax(1), atol=1e-3)
+
+
+def test_memory_bank_travels_in_the_method_state() -> None:
+    torch.manual_seed(0)
+    model, method = _spml()
+    for _ in range(3):
+        method.loss(model(torch.randn(2, 3, 64, 64)), _batch())
+    state = method.state_dict()
+    assert len(state["bank"]) == 2
+    _, fresh = _spml()
+    fresh.load_state_dict(state)
+    for got, want in zip(fresh.contrast.bank, method.contrast.bank, strict=True):
+        for a, b in zip(got, want, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_regions_come_from_the_cache_once_bound(tmp_path: Path) -> None:
+    from weakseg.data.sample import Sample
+
+    _, method = _spml()
+    sample = Sample("x", torch.randint(0, 255, (20, 30, 3), dtype=torch.uint8).numpy())
+    with pytest.raises(TrainingError, match="not set up"):
+        method.prepare_sample(sample)
+    method.bind(DataConfig(root=str(tmp_path)), tmp_path / "run")
+    assert method.prepare_sample(sample).regions.shape == (20, 30)
+    assert len(list((tmp_path / "run" / "regions").glob("*/x.png"))) == 1
+
+
+def test_arguments_are_checked() -> None:
+    with pytest.raises(ConfigError, match="oversegment.method"):
+        build_method("spml", {"oversegment": {"method": "ucm"}}, "points", VOC)
+    with pytest.raises(ConfigError, match="method_args.annotation_wieght"):
+        build_method("spml", {"annotation_wieght": 1}, "points", VOC)
+    with pytest.raises(ConfigError, match="trains from points, scribbles"):
+        build_method("spml", None, "tags", VOC)
