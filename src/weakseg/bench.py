@@ -160,7 +160,7 @@ class Row:
         method = METHODS[method_of(self.method)]
         if "region_cache" in {f.name for f in dataclasses.fields(method.Args)}:  # one over-segmentation per dataset
             overrides.append(f"method_args.region_cache={cache.resolve() / 'regions' / self.dataset.name}")
-        stages = method.stages
+        stages = method.stages_for(self.supervision)
         if len(stages) > 1:
             overrides += [f"stages.{stages[0]}.{item}" for item in STAGE_PROFILES[self.profile]]
         if self.supervision != "full":

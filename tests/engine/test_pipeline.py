@@ -47,6 +47,19 @@ def test_two_view_learners_run_the_pipeline(shapes: Path, tmp_path: Path, recipe
     assert json.loads((out / "pseudo" / "metrics.json").read_text())["cam_step"] == 2
 
 
+@pytest.mark.parametrize("recipe", ["spml-tags", "spml-boxes"])
+def test_spml_from_tags_and_boxes_trains_on_the_cam_pseudo_labels(shapes: Path, tmp_path: Path, recipe: str) -> None:
+    out = tmp_path / recipe
+    extra = ("stages.cam.train.steps=2", f"method_args.region_cache={tmp_path / 'regions'}")
+    result = _pipeline(shapes, out, recipe, *extra).run()
+    assert list(result.stage_wall_s) == ["cam", "pseudo", "seg"]
+    assert load_checkpoint(out / "cam" / "last.pt")["recipe"]["method"] == "cam"
+    seg = load_checkpoint(out / "seg" / "last.pt")
+    assert seg["recipe"]["method"] == "spml" and seg["recipe"]["data"]["train_masks"].endswith("pseudo/labels")
+    assert any(k.startswith("heads.embedding.") for k in seg["model"]) and len(seg["method"]["bank"]) == 2
+    assert 0 <= result.metrics["miou"] <= 1 and "seed" in result.metrics["pseudo_labels"]
+
+
 def test_seg_stage_trains_on_the_pseudo_labels(shapes: Path, tmp_path: Path) -> None:
     pipeline = _pipeline(shapes, tmp_path)
     seg = pipeline.stage_recipe("seg")

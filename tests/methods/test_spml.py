@@ -112,5 +112,30 @@ def test_arguments_are_checked() -> None:
         build_method("spml", {"oversegment": {"method": "ucm"}}, "points", VOC)
     with pytest.raises(ConfigError, match="method_args.annotation_wieght"):
         build_method("spml", {"annotation_wieght": 1}, "points", VOC)
-    with pytest.raises(ConfigError, match="trains from points, scribbles"):
-        build_method("spml", None, "tags", VOC)
+    with pytest.raises(ConfigError, match="trains from tags, boxes, points, scribbles"):
+        build_method("spml", None, "mixed", VOC)
+    with pytest.raises(ConfigError, match="cam_method must be one of cam, hfpl, ppc, seam"):
+        build_method("spml", {"cam_method": "pce"}, "tags", VOC)
+
+
+def test_tags_and_boxes_train_on_pseudo_labels_after_a_cam_stage(tmp_path: Path) -> None:
+    method = build_method("spml", {"cam_method": "seam", "cam_args": {"view_size": 64}}, "boxes", VOC)
+    assert method.stages == ("cam", "pseudo", "seg") and method.label_kinds() == ("mask", "boxes")
+    assert method.stage_overlay("cam", tmp_path) == {"method": "seam", "method_args": {"view_size": 64}}
+    labels = method.stage_overlay("seg", tmp_path)["data"]["train_masks"]
+    assert labels == str((tmp_path / "pseudo" / "labels").resolve())
+    assert build_method("spml", None, "points", VOC).stages == ("train",)
+
+
+def test_boxes_give_the_co_occurrence_context_of_the_crop() -> None:
+    torch.manual_seed(0)
+    model = _model()
+    method = build_method("spml", {"grid": [2, 2]}, "boxes", VOC)
+    method.setup(model, ModelConfig(pretrained=False))
+    batch = _batch()
+    # Pseudo-labels (255 = ignore), with a background band wide enough to survive the stride-4 sampling.
+    batch["mask"] = batch.pop("scribble").index_fill(1, torch.arange(8, 16), 0)
+    batch["boxes"] = [torch.tensor([[0.0, 0.0, 9.0, 9.0, 8.0]]), torch.tensor([[1.0, 1.0, 5.0, 5.0, 15.0]])]
+    batch["tags"] = torch.zeros(2, VOC.num_classes)
+    loss, terms = method.loss(model(torch.randn(2, 3, 64, 64)), batch)
+    assert torch.isfinite(loss) and terms["annotation"] > 0 and terms["cooccurrence"] > 0

@@ -42,7 +42,13 @@ class Method:
                 f"method '{self.name}' trains from {', '.join(self.supervisions)}, not supervision '{supervision}'"
             )
         self.args, self.supervision, self.class_set = args, supervision, class_set
+        self.stages = type(self).stages_for(supervision)
         self.step, self.total_steps = 0, 1
+
+    @classmethod
+    def stages_for(cls, supervision: str) -> tuple[str, ...]:
+        """The stages ``weakseg train`` runs for this supervision (a method may need a CAM stage for tags only)."""
+        return cls.stages
 
     def label_kinds(self) -> tuple[str, ...]:
         """Label kinds the training split must load (``mask`` only for full supervision)."""

@@ -28,6 +28,16 @@ NECKS = ("pretrained", "none")
 TARGET_VIEW = "target_view"  # outputs key of a two-view learner's second view (its own outputs dict)
 
 
+def crop_tags(batch: dict, supervision: str) -> torch.Tensor:
+    """B×K 0/1 classes of each training crop: its image's tags, or (boxes) the classes of the boxes left in it."""
+    if supervision == "tags":
+        return batch["tags"]
+    tags = torch.zeros_like(batch["tags"])
+    for b, boxes in enumerate(batch["boxes"]):
+        tags[b, boxes[:, 4].long()] = 1.0
+    return tags
+
+
 def rescaled_view(images: torch.Tensor, size: int) -> torch.Tensor:
     """The second view of a two-view learner: the batch resized to ``size × size`` (PPC §4.2; SEAM rescales)."""
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
@@ -74,12 +84,7 @@ class CAMLearner(Method):
 
     def image_tags(self, batch: dict) -> torch.Tensor:
         """B×C' 0/1 foreground tags: the image's tags, or the classes of the boxes inside the crop."""
-        if self.supervision == "tags":
-            return batch["tags"][:, self.foreground]
-        tags = torch.zeros_like(batch["tags"])
-        for b, boxes in enumerate(batch["boxes"]):
-            tags[b, boxes[:, 4].long()] = 1.0
-        return tags[:, self.foreground]
+        return crop_tags(batch, self.supervision)[:, self.foreground]
 
     def cam_inputs(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Foreground score maps (float32), tags, and the valid (non-padding) pixels at the CAM's size."""

@@ -1,6 +1,9 @@
-"""``spml``: semi-supervised pixel-wise metric learning (Ke, Hwang et al., SPML, ICLR 2021) from points or scribbles.
+"""``spml``: semi-supervised pixel-wise metric learning (Ke, Hwang et al., SPML, ICLR 2021).
 
-One training stage. The model gains a 64-d L2-normalised embedding head on the decoder (output stride 4) and a softmax
+Points and scribbles: one training stage. Tags and boxes: the CAM pipeline's ``cam`` and ``pseudo`` stages (any CAM
+learner, ``method_args.cam_method``), then a ``seg`` stage that trains SPML with the pseudo-labels as its semantic
+annotation and the image's classes (tags, or the classes of the boxes in the crop) as its co-occurrence context.
+The model gains a 64-d L2-normalised embedding head on the decoder (output stride 4) and a softmax
 classifier reading the *detached* embedding (``EmbeddingClassifier``). The embedding learns from
 :class:`~weakseg.losses.PixelSegmentContrastLoss`, the classifier from partial cross-entropy on the same labels: points
 grown into disks of 6 px and scribbles grown by 3 px (METHODS.md §4). Every training image is over-segmented once
@@ -23,7 +26,8 @@ from weakseg.data.sample import Sample
 from weakseg.errors import ConfigError, TrainingError
 from weakseg.losses import PartialCrossEntropy, PixelSegmentContrastLoss
 from weakseg.losses.spml import UNLABELLED, Relation
-from weakseg.methods.base import Method, register_method
+from weakseg.methods.base import METHODS, Method, register_method
+from weakseg.methods.cam import CAMLearner, crop_tags
 from weakseg.methods.supervised import sparse_target
 from weakseg.models.heads import EmbeddingClassifier, ProjectionHead
 from weakseg.models.segmentor import ModelConfig, SegmentationModel
@@ -31,6 +35,7 @@ from weakseg.pseudo.oversegment import OversegmentConfig, RegionCache
 from weakseg.pseudo.random_walk import RandomWalk
 
 EMBEDDING = "embedding"
+CAM_SUPERVISIONS = ("tags", "boxes")  # learnt through a CAM stage's pseudo-labels
 
 
 @dataclass
@@ -58,6 +63,9 @@ class SPMLArgs:
     random_walk: bool = True  # refine the classifier's output along the embedding at inference
     oversegment: OversegmentConfig = field(default_factory=OversegmentConfig)
     region_cache: str | None = None  # folder of cached over-segmentations; None: <output_dir>/regions
+    # Tags and boxes: the CAM learner of the first stage and its method_args.
+    cam_method: str = "cam"
+    cam_args: dict = field(default_factory=dict)
 
 
 @register_method
@@ -65,14 +73,21 @@ class SPML(Method):
     """Embedding trained with SPML's pixel-to-segment contrast; a softmax classifier on the detached embedding."""
 
     name = "spml"
-    supervisions = ("points", "scribbles")
+    supervisions = ("tags", "boxes", "points", "scribbles")
     Args = SPMLArgs
+
+    @classmethod
+    def stages_for(cls, supervision: str) -> tuple[str, ...]:
+        return CAMLearner.stages if supervision in CAM_SUPERVISIONS else ("train",)
 
     def __init__(self, args: SPMLArgs, supervision: str, class_set: ClassSet) -> None:
         super().__init__(args, supervision, class_set)
         if args.dim < 2:
             raise ConfigError(f"method_args.dim must be at least 2, not {args.dim}")
         args.oversegment.check()
+        learners = sorted(n for n, cls in METHODS.items() if not cls.trains_decoder)  # cam, seam, hfpl, ppc
+        if args.cam_method not in learners:
+            raise ConfigError(f"method_args.cam_method must be one of {', '.join(learners)}, not {args.cam_method!r}")
         try:
             self.contrast = PixelSegmentContrastLoss(
                 similarity=Relation(args.similarity_weight, args.similarity_concentration),
@@ -88,6 +103,18 @@ class SPML(Method):
             raise ConfigError(f"method_args: {exc}") from None
         self.criterion = PartialCrossEntropy(class_set.ignore_index)
         self.regions: RegionCache | None = None
+        self.foreground = [c for c in range(class_set.num_classes) if c != class_set.background]
+
+    def label_kinds(self) -> tuple[str, ...]:
+        """Tags and boxes: the pseudo-labels (as masks, from the ``pseudo`` stage) and the weak labels themselves."""
+        return ("mask", self.supervision) if self.supervision in CAM_SUPERVISIONS else (self.supervision,)
+
+    def stage_overlay(self, stage: str, output_dir: Path) -> dict:
+        if stage == "cam":
+            return {"method": self.args.cam_method, "method_args": dict(self.args.cam_args)}
+        if stage == "seg":
+            return {"data": {"train_masks": str((output_dir / "pseudo" / "labels").resolve())}}
+        return {}
 
     def bind(self, data: DataConfig, output_dir: Path) -> None:
         folder = Path(self.args.region_cache) if self.args.region_cache else output_dir / "regions"
@@ -113,7 +140,12 @@ class SPML(Method):
 
     def loss(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         ignore = self.class_set.ignore_index
-        target = sparse_target(batch, self.label_kinds(), self.args.point_radius, self.args.scribble_radius, ignore)
+        if self.supervision in CAM_SUPERVISIONS:
+            target, classes = batch["mask"], crop_tags(batch, self.supervision)[:, self.foreground]
+        else:
+            args = self.args
+            target = sparse_target(batch, self.label_kinds(), args.point_radius, args.scribble_radius, ignore)
+            classes = self.image_classes(target)
         embedding = outputs[EMBEDDING]
         size = embedding.shape[-2:]
 
@@ -124,7 +156,7 @@ class SPML(Method):
         labels = labels.masked_fill(labels == ignore, UNLABELLED)
         regions = nearest(batch["regions"])
         valid = nearest(batch["valid"]).bool() & (regions >= 0)
-        contrast = self.contrast(embedding.float(), labels, regions, self.image_classes(target), valid)
+        contrast = self.contrast(embedding.float(), labels, regions, classes, valid)
         ce = self.criterion(outputs["logits"], target)
         terms = {k: v for k, v in self.contrast.last_terms.items() if self.contrast.relations[k].weight}
         return contrast + self.args.classifier_weight * ce, {**terms, "ce": ce.detach()}
@@ -135,5 +167,4 @@ class SPML(Method):
         labelled = target.flatten(1)
         present = torch.zeros(target.shape[0], k + 1, device=target.device)
         present.scatter_(1, labelled.clamp(0, k).masked_fill(labelled >= k, k), 1.0)
-        foreground = [c for c in range(k) if c != self.class_set.background]
-        return present[:, foreground]
+        return present[:, self.foreground]
