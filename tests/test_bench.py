@@ -101,3 +101,14 @@ def test_update_ratios_uses_the_full_row(tmp_path: Path) -> None:
     update_ratios(tmp_path, "standard")
     assert json.loads((folder / "pce-points.json").read_text())["ratio_to_full"] == pytest.approx(0.8)
     assert json.loads((folder / "full-full.json").read_text())["ratio_to_full"] == pytest.approx(1.0)
+
+
+def test_mixed_rows_deal_the_train_images_one_kind_each(shapes: Path, tmp_path: Path, data_root: Path) -> None:
+    rows = plan_rows("standard", ["voc454"], ["pce", "spml"], ["mixed"], data_root, tmp_path)
+    assert [r.name for r in rows] == ["spml-mixed"]  # pce has no mixed recipe
+    tiny = BenchDataset("shapes", shapes.name, "voc", protocol=LabelProtocol(min_component_area=4))
+    row = Row("quick", tiny, "spml", "mixed", shapes.parent, tmp_path / "results")
+    bench.ensure_labels(row, tmp_path / "cache")
+    mixed = json.loads((row.labels_dir(tmp_path / "cache") / "mixed" / "mixed.json").read_text())
+    assert sorted(mixed["assignment"].values()).count("points") == 2 and len(mixed["assignment"]) == 8
+    assert row.recipe(tmp_path / "cache").data.labels.endswith("/mixed")

@@ -23,8 +23,9 @@ from pathlib import Path
 
 from weakseg.data.dataset import DataConfig, SegmentationDataset, camvid_layout, voc_layout
 from weakseg.data.formats import read_coco_boxes, write_json
-from weakseg.data.simulate import LabelProtocol, derive_labels
-from weakseg.engine.config import to_dict
+from weakseg.data.sample import LABEL_KINDS
+from weakseg.data.simulate import LabelProtocol, derive_labels, mix_labels
+from weakseg.engine.config import RECIPE_DIR, to_dict
 from weakseg.engine.pseudo_labels import STAGES
 from weakseg.engine.recipe import Recipe, load_recipe
 from weakseg.errors import ConfigError, WeakSegError
@@ -38,6 +39,7 @@ METHOD_ORDER = ("full", "pce", "rloss", "cam", "hfpl", "seam", "ppc", "ppc-hfpl"
 # Rows of a registered method with other arguments: name → (method, supervisions); recipe <name>-<supervision>.
 VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {"ppc-hfpl": ("ppc", ("tags",))}
 SUPERVISION_ORDER = ("full", "tags", "boxes", "points", "scribbles", "mixed")
+MIXED_FOLDER = "mixed"  # under a protocol's labels: each train image keeps one kind (mix_labels)
 
 PROFILES: dict[str, list[str]] = {
     # Smoke checks: a few minutes per row on 2 CPU cores.
@@ -163,7 +165,9 @@ class Row:
         stages = method.stages_for(self.supervision)
         if len(stages) > 1:
             overrides += [f"stages.{stages[0]}.{item}" for item in STAGE_PROFILES[self.profile]]
-        if self.supervision != "full":
+        if self.supervision == "mixed":
+            overrides.append(f"data.labels={self.labels_dir(cache) / MIXED_FOLDER}")
+        elif self.supervision != "full":
             overrides.append(f"data.labels={self.labels_dir(cache)}")
         return load_recipe([recipe_name(self.method, self.supervision), *self.dataset.recipes], overrides)
 
@@ -201,7 +205,9 @@ def plan_rows(
         for method in methods:
             for supervision in row_supervisions(method):
                 wanted = supervisions is None or supervision in supervisions or supervision == "full"
-                if wanted and supervision in bench.supervisions and supervision != "mixed":
+                # Mixed rows need their own recipe (<method>-mixed), which says how the kinds combine.
+                mixed_ok = supervision != "mixed" or (RECIPE_DIR / f"{recipe_name(method, supervision)}.yaml").is_file()
+                if wanted and supervision in bench.supervisions and mixed_ok:
                     # The upper bound is trained once; the methods once per seed.
                     for seed in [0] if supervision == "full" else seeds or [0]:
                         rows.append(Row(profile, bench, method, supervision, data_root, results, seed))
@@ -212,8 +218,15 @@ def ensure_labels(row: Row, cache: Path) -> dict:
     """Simulate the dataset's weak labels once per protocol (train split) and return their summary."""
     out = row.labels_dir(cache)
     protocol_file = out / "protocol.json"
-    if protocol_file.is_file():
-        return json.loads(protocol_file.read_text())
+    if not protocol_file.is_file():
+        derive_all(row, out)
+    if row.supervision == "mixed" and not (out / MIXED_FOLDER / "mixed.json").is_file():
+        mix_labels(out, out / MIXED_FOLDER, LABEL_KINDS, seed=row.dataset.protocol.seed)
+    return json.loads(protocol_file.read_text())
+
+
+def derive_all(row: Row, out: Path) -> None:
+    """Every weak-label kind of the dataset's train split, by its protocol (real boxes where the dataset has them)."""
     data = row.dataset.data_config(row.data_root)
     train = SegmentationDataset(data, data.train_split, kinds=("mask",), required=("mask",))
     given = read_coco_boxes(Path(data.root) / row.dataset.given_boxes) if row.dataset.given_boxes else None
@@ -221,12 +234,11 @@ def ensure_labels(row: Row, cache: Path) -> dict:
         train.masks(),
         train.class_set,
         out,
-        ("tags", "boxes", "points", "scribbles"),
+        LABEL_KINDS,
         row.dataset.protocol,
         given,
         progress=False,
     )
-    return json.loads(protocol_file.read_text())
 
 
 def run_row(row: Row, cache: Path, commit: str) -> dict:
@@ -241,6 +253,13 @@ def run_row(row: Row, cache: Path, commit: str) -> dict:
     if row.supervision == "full":
         train = SegmentationDataset(recipe.data, recipe.data.train_split, kinds=("mask",), required=("mask",))
         fraction, protocol = train.labelled_pixel_fraction("mask"), "full masks"
+    elif row.supervision == "mixed":
+        given = row.dataset.given_boxes is not None
+        fraction = None
+        protocol = (
+            f"mixed: the train images dealt evenly to {'/'.join(LABEL_KINDS)} (seed {row.dataset.protocol.seed}); "
+            + row.dataset.protocol.describe(LABEL_KINDS, given_boxes=given)
+        )
     else:
         fraction = labels["summary"][row.supervision].get("labelled_pixel_fraction")
         protocol = row.dataset.protocol.describe([row.supervision], given_boxes=row.dataset.given_boxes is not None)

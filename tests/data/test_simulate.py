@@ -326,3 +326,20 @@ def test_real_voc454_derive_labels(tmp_path: Path) -> None:
         progress=False,
     )
     assert pmp["points"]["total"] == 5 * sum(len(given.get(i, ())) for i in ids)
+
+
+def test_mixed_labels_deal_each_image_one_kind_evenly(shapes: Path, tmp_path: Path) -> None:
+    from weakseg.data.dataset import SegmentationDataset, voc_layout
+    from weakseg.data.simulate import mix_labels
+
+    kinds = ("tags", "boxes", "points", "scribbles")
+    assignment = mix_labels(shapes / "labels", tmp_path / "mixed", kinds, seed=3)
+    assert sorted(assignment) == [f"shape_{i:04d}" for i in range(8)]
+    assert sorted(list(assignment.values()).count(k) for k in kinds) == [2, 2, 2, 2]
+    assert assignment == mix_labels(shapes / "labels", tmp_path / "again", kinds, seed=3)  # deterministic
+    data = voc_layout(shapes, classes="classes.yaml", labels=str(tmp_path / "mixed"))
+    train = SegmentationDataset(data, "train", kinds=kinds, required=("any-weak",))
+    for sample in train:
+        assert sample.weak_kinds() == (assignment[sample.image_id],)
+    with pytest.raises(DataError, match="mixed labels need"):
+        mix_labels(tmp_path / "nowhere", tmp_path / "x", kinds)

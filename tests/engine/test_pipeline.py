@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import tiny_overrides
+from weakseg.data.sample import LABEL_KINDS
+from weakseg.data.simulate import mix_labels
 from weakseg.engine.checkpoint import load_checkpoint
 from weakseg.engine.pipeline import Pipeline
 from weakseg.engine.recipe import load_recipe
@@ -58,6 +60,21 @@ def test_spml_from_tags_and_boxes_trains_on_the_cam_pseudo_labels(shapes: Path, 
     assert seg["recipe"]["method"] == "spml" and seg["recipe"]["data"]["train_masks"].endswith("pseudo/labels")
     assert any(k.startswith("heads.embedding.") for k in seg["model"]) and len(seg["method"]["bank"]) == 2
     assert 0 <= result.metrics["miou"] <= 1 and "seed" in result.metrics["pseudo_labels"]
+
+
+def test_spml_trains_from_mixed_supervision(shapes: Path, tmp_path: Path) -> None:
+    """Each image carries one kind of label; no per-image handling in the recipe."""
+    assignment = mix_labels(shapes / "labels", tmp_path / "mixed", LABEL_KINDS, seed=0)
+    extra = (
+        "stages.cam.train.steps=2",
+        f"data.labels={tmp_path / 'mixed'}",
+        f"method_args.region_cache={tmp_path / 'r'}",
+    )
+    result = _pipeline(shapes, tmp_path / "run", "spml-mixed", *extra).run()
+    assert list(result.stage_wall_s) == ["cam", "pseudo", "seg"]
+    seeds = json.loads((tmp_path / "run" / "pseudo" / "metrics.json").read_text())
+    assert seeds["images"] == len(assignment) == 8 and seeds["kind"] == "mixed"
+    assert 0 <= result.metrics["miou"] <= 1
 
 
 def test_seg_stage_trains_on_the_pseudo_labels(shapes: Path, tmp_path: Path) -> None:

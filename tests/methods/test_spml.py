@@ -112,8 +112,8 @@ def test_arguments_are_checked() -> None:
         build_method("spml", {"oversegment": {"method": "ucm"}}, "points", VOC)
     with pytest.raises(ConfigError, match="method_args.annotation_wieght"):
         build_method("spml", {"annotation_wieght": 1}, "points", VOC)
-    with pytest.raises(ConfigError, match="trains from tags, boxes, points, scribbles"):
-        build_method("spml", None, "mixed", VOC)
+    with pytest.raises(ConfigError, match="trains from tags, boxes, points, scribbles, mixed"):
+        build_method("spml", None, "full", VOC)
     with pytest.raises(ConfigError, match="cam_method must be one of cam, hfpl, ppc, seam"):
         build_method("spml", {"cam_method": "pce"}, "tags", VOC)
 
@@ -139,3 +139,21 @@ def test_boxes_give_the_co_occurrence_context_of_the_crop() -> None:
     batch["tags"] = torch.zeros(2, VOC.num_classes)
     loss, terms = method.loss(model(torch.randn(2, 3, 64, 64)), batch)
     assert torch.isfinite(loss) and terms["annotation"] > 0 and terms["cooccurrence"] > 0
+
+
+def test_mixed_supervision_uses_each_image_s_own_sparse_labels_else_its_pseudo_labels() -> None:
+    method = build_method("spml", {"scribble_radius": 0}, "mixed", VOC)
+    assert method.stages == ("cam", "pseudo", "seg")
+    assert method.label_kinds() == ("mask", "tags", "boxes", "points", "scribbles")
+    batch = _batch()
+    batch["mask"] = torch.full((2, 64, 64), 3)  # pseudo-labels: class 3 everywhere
+    batch["tags"] = torch.zeros(2, VOC.num_classes)
+    batch["tags"][1, 12] = 1
+    batch["boxes"] = [torch.zeros(0, 5)] * 2
+    batch["has"] = {
+        "tags": torch.tensor([False, True]), "boxes": torch.tensor([False, False]),
+        "points": torch.tensor([False, False]), "scribbles": torch.tensor([True, False]),
+    }  # fmt: skip
+    target, classes = method.semantic_target(batch)
+    assert torch.equal(target[0], batch["scribble"][0]) and (target[1] == 3).all()
+    assert classes[0].nonzero()[:, 0].tolist() == [7] and classes[1].nonzero()[:, 0].tolist() == [11]

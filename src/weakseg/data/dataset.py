@@ -19,13 +19,12 @@ from PIL import Image
 
 from weakseg.data import formats
 from weakseg.data.classes import ClassSet, get_class_set
-from weakseg.data.sample import LABEL_KINDS, Sample, check_image_id
+from weakseg.data.sample import LABEL_FILES, LABEL_KINDS, Sample, check_image_id
 from weakseg.errors import DataError
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-LABEL_FILES = {"tags": "tags.json", "boxes": "boxes_coco.json", "points": "points.json", "scribbles": "scribbles"}
 
 
 @dataclass
@@ -155,13 +154,23 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 raise DataError(split_path, f"split list for '{split}' not found")
             ids = formats.read_split_list(split_path)
         self.label_files = {kind: cfg.label_path(kind, split) for kind in LABEL_KINDS if kind in self.kinds}
+        if "any-weak" in required:  # mixed supervision: the kinds with a file are loaded, the others skipped
+            found = {kind: path for kind, path in self.label_files.items() if path is not None and path.exists()}
+            if self.label_files and not found:
+                wanted = "/".join(self.label_files)
+                raise DataError(cfg.labels, f"no {wanted} labels for split '{split}': set data.labels or data.<kind>")
+            self.label_files = found
         labels = {kind: self._read_weak(kind) for kind in self.label_files if kind != "scribbles"}
         masks = cfg.train_masks if cfg.train_masks is not None and split == cfg.train_split else cfg.masks
         mask_dir = cfg.path(masks, split) if "mask" in self.kinds else None
         if "mask" in self.kinds and (mask_dir is None or not mask_dir.is_dir()):
             raise DataError(mask_dir, "mask folder not found")
         scribble_dir = self.label_files.get("scribbles")
-        if "scribbles" in self.kinds and (scribble_dir is None or not scribble_dir.is_dir()):
+        if (
+            "scribbles" in self.kinds
+            and "any-weak" not in required
+            and (scribble_dir is None or not scribble_dir.is_dir())
+        ):
             raise DataError(scribble_dir or cfg.labels, "scribble folder not found (set data.scribbles or data.labels)")
         records = []
         for image_id in ids:
@@ -204,7 +213,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 "points": rec.points is not None and len(rec.points) > 0,
                 "scribbles": rec.scribble_path is not None,
             }
-            weak = [k for k in LABEL_KINDS if k in self.kinds]
+            weak = [k for k in LABEL_KINDS if k in self.label_files]
             missing = [k for k in required if k != "any-weak" and not has[k]]
             if "any-weak" in required and not any(has[k] for k in weak):
                 missing.append("any of " + "/".join(weak))

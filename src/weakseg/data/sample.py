@@ -22,6 +22,8 @@ import numpy as np
 from weakseg.errors import DataError
 
 LABEL_KINDS = ("tags", "boxes", "points", "scribbles")
+# File (or folder) names of each kind in a `weakseg derive-labels` output folder.
+LABEL_FILES = {"tags": "tags.json", "boxes": "boxes_coco.json", "points": "points.json", "scribbles": "scribbles"}
 NO_REGION = -1  # ``regions`` outside every region (augmentation padding)
 
 
@@ -54,6 +56,20 @@ class Sample:
 
     def replace(self, **changes) -> Sample:
         return replace(self, **changes)
+
+
+def sample_classes(sample: Sample, ignore_index: int = 255) -> np.ndarray:
+    """The classes a sample's weak labels name: its tags when it has them, else the union of its boxes', points'
+    and scribble's classes (sorted int64, background included where the labels mark it)."""
+    if sample.tags is not None:
+        return np.asarray(sample.tags, dtype=np.int64)
+    found: set[int] = set()
+    for table, column in ((sample.boxes, 4), (sample.points, 2)):
+        if table is not None:
+            found.update(int(c) for c in table[:, column])
+    if sample.scribble is not None:
+        found.update(int(c) for c in np.unique(sample.scribble) if c != ignore_index)
+    return np.array(sorted(found), dtype=np.int64)
 
 
 def empty_points() -> np.ndarray:

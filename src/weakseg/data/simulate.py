@@ -8,6 +8,8 @@ components use 8-connectivity.
 
 from __future__ import annotations
 
+import json
+import shutil
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -21,6 +23,8 @@ from tqdm import tqdm
 
 from weakseg.data.classes import ClassSet
 from weakseg.data.formats import (
+    read_points_json,
+    read_tags_json,
     validate_boxes,
     write_coco_boxes,
     write_json,
@@ -28,7 +32,7 @@ from weakseg.data.formats import (
     write_points_json,
     write_tags_json,
 )
-from weakseg.data.sample import LABEL_KINDS, box_pixel_slices, check_image_id, empty_boxes, empty_points
+from weakseg.data.sample import LABEL_FILES, LABEL_KINDS, box_pixel_slices, check_image_id, empty_boxes, empty_points
 from weakseg.errors import ConfigError, DataError
 
 POINTS_MODES = ("component", "box-centres")
@@ -352,3 +356,49 @@ def derive_labels(
     }
     write_json(out_dir / "protocol.json", record)
     return summary
+
+
+def mix_labels(source: str | Path, out_dir: str | Path, kinds: Sequence[str], seed: int = 0) -> dict[str, str]:
+    """A mixed-supervision copy of a ``derive-labels`` folder: every image keeps the labels of one kind only.
+
+    The images (those of ``source``'s label files) are shuffled with ``seed`` and dealt to ``kinds`` in turn, so the
+    kinds split them evenly. Writes the kept tags / boxes / points / scribbles in the same layout, plus
+    ``mixed.json`` (image id → kind); returns that assignment.
+    """
+    source, out_dir = Path(source), Path(out_dir)
+    unknown = set(kinds) - set(LABEL_KINDS)
+    if unknown or not kinds:
+        raise ConfigError(f"kinds must be a non-empty subset of {', '.join(LABEL_KINDS)}, got {list(kinds)}")
+    files = {kind: source / name for kind, name in LABEL_FILES.items() if kind in kinds}
+    missing = [str(path) for path in files.values() if not path.exists()]
+    if missing:
+        raise DataError(source, f"mixed labels need {', '.join(missing)}")
+    tags = read_tags_json(files["tags"]) if "tags" in files else {}
+    points = read_points_json(files["points"]) if "points" in files else {}
+    coco = json.loads(files["boxes"].read_text()) if "boxes" in files else None
+    ids: set[str] = set(tags) | set(points)
+    if coco is not None:
+        ids |= {Path(image["file_name"]).stem for image in coco["images"]}
+    if "scribbles" in files:
+        ids |= {path.stem for path in files["scribbles"].glob("*.png")}
+    order = sorted(ids)
+    rng = np.random.default_rng([seed, stable_int("mixed")])
+    assignment = {order[i]: kinds[n % len(kinds)] for n, i in enumerate(rng.permutation(len(order)))}
+    chosen = {kind: {i for i, k in assignment.items() if k == kind} for kind in kinds}
+    if "tags" in files:
+        write_tags_json(out_dir / "tags.json", {i: tags[i].tolist() for i in sorted(chosen["tags"]) if i in tags})
+    if "points" in files:
+        write_points_json(out_dir / "points.json", {i: points[i] for i in sorted(chosen["points"]) if i in points})
+    if coco is not None:
+        keep = {image["id"] for image in coco["images"] if Path(image["file_name"]).stem in chosen["boxes"]}
+        write_json(out_dir / "boxes_coco.json", {
+            **coco,
+            "images": [image for image in coco["images"] if image["id"] in keep],
+            "annotations": [a for a in coco["annotations"] if a["image_id"] in keep],
+        })  # fmt: skip
+    if "scribbles" in files:
+        (out_dir / "scribbles").mkdir(parents=True, exist_ok=True)
+        for image_id in sorted(chosen["scribbles"]):
+            shutil.copyfile(files["scribbles"] / f"{image_id}.png", out_dir / "scribbles" / f"{image_id}.png")
+    write_json(out_dir / "mixed.json", {"seed": seed, "kinds": list(kinds), "assignment": assignment})
+    return assignment

@@ -19,6 +19,7 @@ import yaml
 
 from weakseg.data.dataset import SegmentationDataset, resolve_class_set
 from weakseg.data.formats import write_json
+from weakseg.data.sample import LABEL_KINDS
 from weakseg.engine.config import deep_merge, from_dict, to_dict
 from weakseg.engine.device import select_device
 from weakseg.engine.pseudo_labels import make_pseudo_labels
@@ -167,9 +168,11 @@ class Pipeline:
 
 def pseudo_label_dataset(recipe: Recipe, split: str) -> SegmentationDataset:
     """``split`` with the weak labels the CAM pipeline reads, and its masks when they exist (for seed scores)."""
-    kinds = (recipe.supervision,)
+    mixed = recipe.supervision == "mixed"
+    kinds = LABEL_KINDS if mixed else (recipe.supervision,)
+    required = ("any-weak",) if mixed else kinds
     try:
-        return SegmentationDataset(recipe.data, split, kinds=(*kinds, "mask"), required=kinds)
+        return SegmentationDataset(recipe.data, split, kinds=(*kinds, "mask"), required=required)
     except DataError as exc:
         log.info("pseudo-labels of %s are not scored: no usable masks (%s)", split, exc)
-        return SegmentationDataset(recipe.data, split, kinds=kinds, required=kinds)
+        return SegmentationDataset(recipe.data, split, kinds=kinds, required=required)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from weakseg.data.classes import IGNORE_INDEX, ClassSet
 from weakseg.data.dataset import SegmentationDataset
 from weakseg.data.formats import write_label_png
-from weakseg.data.sample import Sample
+from weakseg.data.sample import Sample, sample_classes
 from weakseg.engine.device import normalize
 from weakseg.engine.metrics import ConfusionMatrix, SegmentationMetrics
 from weakseg.pseudo import PAMR, DenseCRF, RandomWalk
@@ -63,8 +63,12 @@ class PseudoLabeller:
 
     @torch.no_grad()
     def __call__(self, sample: Sample, kind: str) -> CamLabels:
-        """Label maps of one sample from its ``kind`` (``tags`` or ``boxes``) labels."""
+        """Label maps of one sample from its ``kind`` labels: ``tags``, ``boxes``, or ``mixed`` (its boxes when it has
+        some, otherwise its classes: tags, or those of its points and scribbles)."""
         cfg, bg = self.cfg, self.background
+        if kind == "mixed":
+            kind = "boxes" if sample.boxes is not None and len(sample.boxes) else "tags"
+            sample = sample.replace(tags=sample_classes(sample, self.class_set.ignore_index))
         image = torch.from_numpy(sample.image).permute(2, 0, 1)[None].to(self.device)
         height, width = sample.size
         x = normalize(image, *self.model.mean_std)

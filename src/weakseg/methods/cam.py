@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from weakseg.data.sample import LABEL_KINDS
 from weakseg.errors import ConfigError
 from weakseg.losses import EquivarianceLoss, FeatureSimilarityLoss, ImportanceSamplingLoss
 from weakseg.methods.base import Method, register_method
@@ -29,12 +30,24 @@ TARGET_VIEW = "target_view"  # outputs key of a two-view learner's second view (
 
 
 def crop_tags(batch: dict, supervision: str) -> torch.Tensor:
-    """B×K 0/1 classes of each training crop: its image's tags, or (boxes) the classes of the boxes left in it."""
+    """B×K 0/1 classes of each training crop: its image's tags, or (boxes) the classes of the boxes left in it.
+
+    Mixed supervision: per image, its tags when it has them, otherwise the classes of whatever else it carries in
+    the crop (boxes, points, scribbles).
+    """
     if supervision == "tags":
         return batch["tags"]
     tags = torch.zeros_like(batch["tags"])
+    k = tags.shape[1]
     for b, boxes in enumerate(batch["boxes"]):
         tags[b, boxes[:, 4].long()] = 1.0
+    if supervision == "mixed":
+        for b, points in enumerate(batch["points"]):
+            tags[b, points[:, 2].long()] = 1.0
+        scribble = batch["scribble"].flatten(1)
+        for b in range(tags.shape[0]):
+            tags[b, scribble[b][scribble[b] < k].unique()] = 1.0
+        tags = torch.where(batch["has"]["tags"][:, None].to(tags.device), batch["tags"], tags)
     return tags
 
 
@@ -56,7 +69,7 @@ class CAMLearner(Method):
     """Stage 1 of the CAM pipeline: L = multilabel soft margin of the globally average-pooled CAMs (HFPL eq. 17)."""
 
     name = "cam"
-    supervisions = ("tags", "boxes")
+    supervisions = ("tags", "boxes", "mixed")
     Args = CAMArgs
     stages = ("cam", "pseudo", "seg")
     trains_decoder = False
@@ -68,6 +81,10 @@ class CAMLearner(Method):
         background = self.class_set.background
         self.foreground = [c for c in range(self.class_set.num_classes) if c != background]
         self.classification = ImportanceSamplingLoss(lam=0.0)
+
+    def mixed_kinds(self) -> tuple[str, ...]:
+        """Mixed supervision: every kind gives an image's classes (tags, or those of its boxes, points, scribbles)."""
+        return LABEL_KINDS
 
     def setup(self, model: SegmentationModel, cfg: ModelConfig) -> None:
         neck = None

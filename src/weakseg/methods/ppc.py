@@ -52,7 +52,7 @@ class PPC(Method):
     """A CAM learner plus the pixel-to-prototype contrast ``α·(L^cp + L^cc) + β·L^intra`` (PPC eqs. 1, 6–9)."""
 
     name = "ppc"
-    supervisions = ("tags", "boxes")
+    supervisions = CAMLearner.supervisions
     Args = PPCArgs
     stages = CAMLearner.stages
     trains_decoder = False
@@ -85,6 +85,9 @@ class PPC(Method):
         # neck is shared, not copied, so the contrast shapes the CAM's own features.
         projector = ProjectionHead(cam_head.classifier.in_channels, self.args.dim, relu=True)
         model.add_head(PROJECTION, nn.Sequential(cam_head.neck, projector), "backbone")
+
+    def mixed_kinds(self) -> tuple[str, ...]:
+        return self.base.mixed_kinds()
 
     def stage_overlay(self, stage: str, output_dir: Path) -> dict:
         return self.base.stage_overlay(stage, output_dir)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from weakseg.data.classes import ClassSet
 from weakseg.data.dataset import DataConfig
-from weakseg.data.sample import Sample
+from weakseg.data.sample import LABEL_KINDS, Sample
 from weakseg.errors import ConfigError, TrainingError
 from weakseg.losses import PartialCrossEntropy, PixelSegmentContrastLoss
 from weakseg.losses.spml import UNLABELLED, Relation
@@ -35,7 +35,7 @@ from weakseg.pseudo.oversegment import OversegmentConfig, RegionCache
 from weakseg.pseudo.random_walk import RandomWalk
 
 EMBEDDING = "embedding"
-CAM_SUPERVISIONS = ("tags", "boxes")  # learnt through a CAM stage's pseudo-labels
+CAM_SUPERVISIONS = ("tags", "boxes", "mixed")  # learnt through a CAM stage's pseudo-labels
 
 
 @dataclass
@@ -73,7 +73,7 @@ class SPML(Method):
     """Embedding trained with SPML's pixel-to-segment contrast; a softmax classifier on the detached embedding."""
 
     name = "spml"
-    supervisions = ("tags", "boxes", "points", "scribbles")
+    supervisions = ("tags", "boxes", "points", "scribbles", "mixed")
     Args = SPMLArgs
 
     @classmethod
@@ -105,9 +105,13 @@ class SPML(Method):
         self.regions: RegionCache | None = None
         self.foreground = [c for c in range(class_set.num_classes) if c != class_set.background]
 
+    def mixed_kinds(self) -> tuple[str, ...]:
+        return LABEL_KINDS
+
     def label_kinds(self) -> tuple[str, ...]:
-        """Tags and boxes: the pseudo-labels (as masks, from the ``pseudo`` stage) and the weak labels themselves."""
-        return ("mask", self.supervision) if self.supervision in CAM_SUPERVISIONS else (self.supervision,)
+        """Tags, boxes, mixed: the pseudo-labels (as masks, from the ``pseudo`` stage) and the weak labels."""
+        kinds = super().label_kinds()
+        return ("mask", *kinds) if self.supervision in CAM_SUPERVISIONS else kinds
 
     def stage_overlay(self, stage: str, output_dir: Path) -> dict:
         if stage == "cam":
@@ -140,12 +144,7 @@ class SPML(Method):
 
     def loss(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         ignore = self.class_set.ignore_index
-        if self.supervision in CAM_SUPERVISIONS:
-            target, classes = batch["mask"], crop_tags(batch, self.supervision)[:, self.foreground]
-        else:
-            args = self.args
-            target = sparse_target(batch, self.label_kinds(), args.point_radius, args.scribble_radius, ignore)
-            classes = self.image_classes(target)
+        target, classes = self.semantic_target(batch)
         embedding = outputs[EMBEDDING]
         size = embedding.shape[-2:]
 
@@ -160,6 +159,21 @@ class SPML(Method):
         ce = self.criterion(outputs["logits"], target)
         terms = {k: v for k, v in self.contrast.last_terms.items() if self.contrast.relations[k].weight}
         return contrast + self.args.classifier_weight * ce, {**terms, "ce": ce.detach()}
+
+    def semantic_target(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """``B×H×W`` labels of the annotation relation and the classifier (255 = none), and the ``B×C`` foreground
+        classes of the co-occurrence relation: grown points / scribbles, or the CAM pseudo-labels (tags, boxes);
+        mixed supervision takes each image's own points / scribbles when it has some, its pseudo-labels otherwise."""
+        args, ignore = self.args, self.class_set.ignore_index
+        if self.supervision in ("points", "scribbles"):
+            target = sparse_target(batch, self.label_kinds(), args.point_radius, args.scribble_radius, ignore)
+            return target, self.image_classes(target)
+        classes = crop_tags(batch, self.supervision)[:, self.foreground]
+        if self.supervision != "mixed":
+            return batch["mask"], classes
+        sparse = sparse_target(batch, LABEL_KINDS, args.point_radius, args.scribble_radius, ignore)
+        own = (batch["has"]["points"] | batch["has"]["scribbles"]).to(sparse.device)[:, None, None]
+        return torch.where(own, sparse, batch["mask"]), classes
 
     def image_classes(self, target: torch.Tensor) -> torch.Tensor:
         """``B×C`` 0/1 foreground classes of each image's labels (the semantic context of co-occurrence)."""
