@@ -1,0 +1,90 @@
+"""Which of SPML's relations helps where: the standard-profile `spml` row with one relation at a time switched off.
+
+    python benchmarks/spml_ablation.py [--supervision points] [--dataset voc454] [--variants NAME ...] [--force]
+
+Each variant is the standard-profile `spml-<supervision>` bench row's recipe (same data, labels, backbone,
+schedule, seed) with some relation weights changed; it trains in this process and its val metrics go to
+`benchmarks/results/ablations/<dataset>-spml-<supervision>.json`, next to the `pce` and `spml` rows' numbers read
+from the standard results. Variants already in that file with the same recipe are not rerun unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from weakseg.bench import DATASETS, Row, git_commit
+from weakseg.engine.config import apply_overrides, from_dict, to_dict
+from weakseg.engine.pipeline import Pipeline
+from weakseg.engine.recipe import Recipe
+
+VARIANTS = {
+    "without image similarity": ["method_args.similarity_weight=0"],
+    "without semantic annotation": ["method_args.annotation_weight=0"],
+    "without co-occurrence": ["method_args.cooccurrence_weight=0"],
+    "with feature affinity (λ = annotation's)": ["method_args.affinity_weight=0.1"],
+    "without the memory bank": ["method_args.memory=0"],
+    "classifier only (no contrast)": [
+        "method_args.similarity_weight=0",
+        "method_args.annotation_weight=0",
+        "method_args.cooccurrence_weight=0",
+    ],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dataset", default="voc454", choices=sorted(DATASETS))
+    parser.add_argument("--supervision", default="points", choices=("points", "scribbles", "tags", "boxes"))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--data-root", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--cache", type=Path, default=Path("benchmarks/cache"))
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args()
+
+    row = Row("standard", DATASETS[args.dataset], "spml", args.supervision, args.data_root, args.results)
+    out = args.results / "ablations" / f"{args.dataset}-spml-{args.supervision}.json"
+    table = json.loads(out.read_text()) if out.is_file() else {}
+    for method in ("pce", "spml"):
+        row_json = args.results / "standard" / args.dataset / f"{method}-{args.supervision}.json"
+        if row_json.is_file():
+            record = json.loads(row_json.read_text())
+            table[f"{method} (standard bench row)"] = {k: record[k] for k in ("miou", "boundary_f", "jf", "git_commit")}
+    for name in args.variants:
+        folder = (
+            args.cache
+            / "runs"
+            / "ablations"
+            / args.dataset
+            / f"spml-{args.supervision}"
+            / str(list(VARIANTS).index(name))
+        )
+        recipe = from_dict(
+            Recipe, apply_overrides(to_dict(row.recipe(args.cache)), [*VARIANTS[name], f"output_dir={folder}"])
+        )
+        fingerprint = {k: v for k, v in to_dict(recipe).items() if k not in ("output_dir", "data")}
+        if name in table and table[name].get("recipe") == fingerprint and not args.force:
+            continue
+        start = time.perf_counter()
+        metrics = Pipeline(recipe.check(), progress=False).run().metrics
+        table[name] = {
+            "miou": metrics["miou"],
+            "boundary_f": metrics["boundary_f"],
+            "jf": metrics["jf"],
+            "git_commit": git_commit(),
+            "overrides": VARIANTS[name],
+            "recipe": fingerprint,
+            "wall_s": time.perf_counter() - start,
+        }
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(table, indent=2) + "\n")
+    print(f"{args.dataset} {args.supervision}, standard profile (700 steps × batch 8, crop 256, seed 0)")
+    for name, r in table.items():
+        print(f"  {name:45s} mIoU {r['miou']:.4f}  boundary F {r['boundary_f']:.4f}  J&F {r['jf']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
