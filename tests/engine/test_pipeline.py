@@ -54,12 +54,21 @@ def test_spml_from_tags_and_boxes_trains_on_the_cam_pseudo_labels(shapes: Path, 
     out = tmp_path / recipe
     extra = ("stages.cam.train.steps=2", f"method_args.region_cache={tmp_path / 'regions'}")
     result = _pipeline(shapes, out, recipe, *extra).run()
-    assert list(result.stage_wall_s) == ["cam", "pseudo", "seg"]
+    two_rounds = ["relabel", "seg2"] if recipe == "spml-tags" else []  # SPML's second pseudo-labelling round
+    assert list(result.stage_wall_s) == ["cam", "pseudo", "seg", *two_rounds]
     assert load_checkpoint(out / "cam" / "last.pt")["recipe"]["method"] == "cam"
     seg = load_checkpoint(out / "seg" / "last.pt")
     assert seg["recipe"]["method"] == "spml" and seg["recipe"]["data"]["train_masks"].endswith("pseudo/labels")
     assert any(k.startswith("heads.embedding.") for k in seg["model"]) and len(seg["method"]["bank"]) == 2
     assert 0 <= result.metrics["miou"] <= 1 and "seed" in result.metrics["pseudo_labels"]
+    if two_rounds:
+        assert len(list((out / "relabel" / "labels").glob("*.png"))) == 8
+        assert 0 <= result.metrics["relabel"]["miou"] <= 1
+        second = load_checkpoint(out / "seg2" / "last.pt")["recipe"]
+        assert second["data"]["train_masks"].endswith("relabel/labels")
+        assert result.final_checkpoint.parent.name == "seg2"
+        again = _pipeline(shapes, out, recipe, *extra)
+        assert all(again.finished(name) for name in again.stages)  # resume skips every stage, relabel included
 
 
 def test_spml_trains_from_mixed_supervision(shapes: Path, tmp_path: Path) -> None:

@@ -116,6 +116,8 @@ def test_arguments_are_checked() -> None:
         build_method("spml", None, "full", VOC)
     with pytest.raises(ConfigError, match="cam_method must be one of cam, hfpl, ppc, seam"):
         build_method("spml", {"cam_method": "pce"}, "tags", VOC)
+    with pytest.raises(ConfigError, match="rounds must be 1, or 2 for tags / boxes / mixed"):
+        build_method("spml", {"rounds": 2}, "points", VOC)
 
 
 def test_tags_and_boxes_train_on_pseudo_labels_after_a_cam_stage(tmp_path: Path) -> None:
@@ -125,6 +127,10 @@ def test_tags_and_boxes_train_on_pseudo_labels_after_a_cam_stage(tmp_path: Path)
     labels = method.stage_overlay("seg", tmp_path)["data"]["train_masks"]
     assert labels == str((tmp_path / "pseudo" / "labels").resolve())
     assert build_method("spml", None, "points", VOC).stages == ("train",)
+    two = build_method("spml", {"rounds": 2}, "tags", VOC)
+    assert two.stages == ("cam", "pseudo", "seg", "relabel", "seg2")
+    assert two.stage_overlay("relabel", tmp_path) == {"eval": {"crf": True}}
+    assert two.stage_overlay("seg2", tmp_path)["data"]["train_masks"].endswith("relabel/labels")
 
 
 def test_boxes_give_the_co_occurrence_context_of_the_crop() -> None:

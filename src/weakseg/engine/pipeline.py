@@ -22,6 +22,7 @@ from weakseg.data.formats import write_json
 from weakseg.data.sample import LABEL_KINDS
 from weakseg.engine.config import deep_merge, from_dict, to_dict
 from weakseg.engine.device import select_device
+from weakseg.engine.evaluator import evaluate
 from weakseg.engine.pseudo_labels import make_pseudo_labels
 from weakseg.engine.recipe import Recipe
 from weakseg.engine.trainer import RESUME_INVARIANTS, Trainer, load_model_from_checkpoint
@@ -30,7 +31,9 @@ from weakseg.methods import build_method
 
 log = logging.getLogger(__name__)
 
-PSEUDO_STAGE = "pseudo"  # the stage that turns a CAM learner into label maps; every other stage trains
+PSEUDO_STAGE = "pseudo"  # the stage that turns a CAM learner into label maps
+RELABEL_STAGE = "relabel"  # the stage that labels the training images with the previous stage's model
+# every other stage trains
 
 
 @dataclass
@@ -88,6 +91,8 @@ class Pipeline:
             return False
         if name == PSEUDO_STAGE:
             return json.loads(metrics.read_text()).get("config") == self._pseudo_fingerprint()
+        if name == RELABEL_STAGE:
+            return json.loads(metrics.read_text()).get("config") == self._relabel_fingerprint()
         recipe_file = folder / "recipe.yaml"
         if not recipe_file.is_file():
             return False
@@ -96,6 +101,11 @@ class Pipeline:
 
     def _pseudo_fingerprint(self) -> dict:
         return {"pseudo": to_dict(self.recipe.pseudo), "checkpoint": str(self.stage_dir(self.stages[0]) / "last.pt")}
+
+    def _relabel_fingerprint(self) -> dict:
+        before = self.stages[self.stages.index(RELABEL_STAGE) - 1]
+        eval_cfg = to_dict(self.stage_recipe(RELABEL_STAGE).eval)
+        return {"eval": eval_cfg, "checkpoint": str(self.stage_dir(before) / "last.pt")}
 
     # ------------------------------------------------------------------ running
     def run(self, *, resume: bool = False, start: str | None = None, until: str | None = None) -> PipelineResult:
@@ -119,6 +129,8 @@ class Pipeline:
             begin = time.perf_counter()
             if name == PSEUDO_STAGE:
                 self.run_pseudo_labels()
+            elif name == RELABEL_STAGE:
+                self.run_relabel()
             else:
                 images_per_s, weights = self.run_training(name, resume=resume and start is None)
             walls[name] = time.perf_counter() - begin
@@ -155,6 +167,26 @@ class Pipeline:
                      100 * metrics["coverage"])  # fmt: skip
         return metrics
 
+    def run_relabel(self) -> dict:
+        """The previous stage's model (its inference, ``eval`` settings of the ``relabel`` stage's recipe) labels every
+        training image: ``relabel/labels/*.png`` and ``relabel/metrics.json`` (scored when the split has masks)."""
+        folder = self.stage_dir(RELABEL_STAGE)
+        config = self._relabel_fingerprint()
+        device = select_device(self.recipe.train.device)
+        model, _, _ = load_model_from_checkpoint(config["checkpoint"], device)
+        eval_cfg = self.stage_recipe(RELABEL_STAGE).eval
+        eval_cfg.max_images = None
+        dataset = pseudo_label_dataset(self.recipe, self.recipe.data.train_split)
+        metrics = evaluate(model, dataset, eval_cfg, device, num_workers=0, progress=self.progress,
+                           prediction_dir=folder / "labels")  # fmt: skip
+        if "mask" not in dataset.kinds:
+            metrics = {"num_images": metrics["num_images"]}
+        metrics["config"] = config
+        write_json(folder / "metrics.json", metrics)
+        if "miou" in metrics:
+            log.info("stage relabel: mIoU %.4f of the new training labels", metrics["miou"])
+        return metrics
+
     def _final_metrics(self) -> dict:
         path = self.stage_dir(self.stages[-1]) / "metrics.json"
         metrics = json.loads(path.read_text()) if path.is_file() else {}
@@ -162,6 +194,9 @@ class Pipeline:
             pseudo = self.stage_dir(PSEUDO_STAGE) / "metrics.json"
             if pseudo.is_file():
                 metrics["pseudo_labels"] = json.loads(pseudo.read_text())
+            relabel = self.stage_dir(RELABEL_STAGE) / "metrics.json"
+            if RELABEL_STAGE in self.stages and relabel.is_file():
+                metrics["relabel"] = json.loads(relabel.read_text())
             write_json(self.out / "metrics.json", metrics)
         return metrics
 

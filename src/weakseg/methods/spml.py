@@ -35,6 +35,7 @@ from weakseg.pseudo.oversegment import OversegmentConfig, RegionCache
 from weakseg.pseudo.random_walk import RandomWalk
 
 EMBEDDING = "embedding"
+RELABEL_STAGE = "relabel"  # weakseg.engine.pipeline runs it: the previous stage's model labels the training images
 CAM_SUPERVISIONS = ("tags", "boxes", "mixed")  # learnt through a CAM stage's pseudo-labels
 
 
@@ -66,6 +67,10 @@ class SPMLArgs:
     # Tags and boxes: the CAM learner of the first stage and its method_args.
     cam_method: str = "cam"
     cam_args: dict = field(default_factory=dict)
+    # 2: after the first SPML stage, its model (random walk + dense CRF) relabels the training images and SPML trains
+    # again on those labels (SPML's two pseudo-labelling rounds for tags).
+    rounds: int = 1
+    relabel_crf: bool = True
 
 
 @register_method
@@ -88,6 +93,10 @@ class SPML(Method):
         learners = sorted(n for n, cls in METHODS.items() if not cls.trains_decoder)  # cam, seam, hfpl, ppc
         if args.cam_method not in learners:
             raise ConfigError(f"method_args.cam_method must be one of {', '.join(learners)}, not {args.cam_method!r}")
+        if args.rounds not in (1, 2) or (args.rounds == 2 and supervision not in CAM_SUPERVISIONS):
+            raise ConfigError(f"method_args.rounds must be 1, or 2 for tags / boxes / mixed; got {args.rounds}")
+        if args.rounds == 2:
+            self.stages = (*self.stages, RELABEL_STAGE, "seg2")
         try:
             self.contrast = PixelSegmentContrastLoss(
                 similarity=Relation(args.similarity_weight, args.similarity_concentration),
@@ -116,8 +125,11 @@ class SPML(Method):
     def stage_overlay(self, stage: str, output_dir: Path) -> dict:
         if stage == "cam":
             return {"method": self.args.cam_method, "method_args": dict(self.args.cam_args)}
-        if stage == "seg":
-            return {"data": {"train_masks": str((output_dir / "pseudo" / "labels").resolve())}}
+        labels = {"seg": "pseudo", "seg2": RELABEL_STAGE}
+        if stage in labels:
+            return {"data": {"train_masks": str((output_dir / labels[stage] / "labels").resolve())}}
+        if stage == RELABEL_STAGE:
+            return {"eval": {"crf": self.args.relabel_crf}}
         return {}
 
     def bind(self, data: DataConfig, output_dir: Path) -> None:
