@@ -35,9 +35,12 @@ from weakseg.pseudo.cam import PseudoLabelConfig
 log = logging.getLogger(__name__)
 
 # Row order in the tables: the upper bound first, then methods as they land.
-METHOD_ORDER = ("full", "pce", "rloss", "cam", "hfpl", "seam", "ppc", "ppc-hfpl", "spml")
+METHOD_ORDER = ("full", "pce", "rloss", "cam", "hfpl", "seam", "ppc", "ppc-hfpl", "spml", "pmp", "pmp-pretrained")
 # Rows of a registered method with other arguments: name → (method, supervisions); recipe <name>-<supervision>.
-VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {"ppc-hfpl": ("ppc", ("tags",))}
+VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "ppc-hfpl": ("ppc", ("tags",)),
+    "pmp-pretrained": ("pmp", ("points",)),
+}
 SUPERVISION_ORDER = ("full", "tags", "boxes", "points", "scribbles", "mixed")
 MIXED_FOLDER = "mixed"  # under a protocol's labels: each train image keeps one kind (mix_labels)
 
@@ -95,6 +98,11 @@ def row_supervisions(row_method: str) -> tuple[str, ...]:
         names = sorted([*METHODS, *VARIANTS])
         raise ConfigError(f"unknown method {row_method!r} (available: {', '.join(names)})")
     return METHODS[row_method].supervisions
+
+
+def cache_fields(method: type) -> list[str]:
+    """The method's ``*_cache`` arguments: folders of per-image maps it computes once."""
+    return [f.name for f in dataclasses.fields(method.Args) if f.name.endswith("_cache")]
 
 
 def recipe_name(method: str, supervision: str) -> str:
@@ -160,8 +168,8 @@ class Row:
             f"train.seed={self.seed}",
         ]
         method = METHODS[method_of(self.method)]
-        if "region_cache" in {f.name for f in dataclasses.fields(method.Args)}:  # one over-segmentation per dataset
-            overrides.append(f"method_args.region_cache={cache.resolve() / 'regions' / self.dataset.name}")
+        for name in cache_fields(method):  # per-image maps (over-segmentations, point blots): one cache per dataset
+            overrides.append(f"method_args.{name}={cache.resolve() / name / self.dataset.name}")
         stages = method.stages_for(self.supervision)
         if len(stages) > 1:
             overrides += [f"stages.{stages[0]}.{item}" for item in STAGE_PROFILES[self.profile]]
@@ -175,7 +183,8 @@ class Row:
         recipe = to_dict(self.recipe(cache))
         recipe.pop("output_dir")
         recipe["data"].pop("labels", None)
-        recipe["method_args"].pop("region_cache", None)
+        for name in cache_fields(METHODS[method_of(self.method)]):
+            recipe["method_args"].pop(name, None)
         recipe["data"]["root"] = self.dataset.folder
         return _digest({"recipe": recipe, "labels": self.protocol_hash(), "profile": self.profile})
 

@@ -32,12 +32,15 @@ def test_tiny_end_to_end(shapes: Path, tmp_path: Path, recipe: str) -> None:
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
 
 
-@pytest.mark.parametrize("recipe", ["pce-points", "spml-points"])  # spml: its memory bank is in the checkpoint
+# spml: its memory bank is in the checkpoint; pmp: its expansion scores and epoch loss
+@pytest.mark.parametrize("recipe", ["pce-points", "spml-points", "pmp-points"])
 def test_resume_continues_exactly(shapes: Path, tmp_path: Path, recipe: str) -> None:
     """train N steps == N/2 steps + resume + N/2 steps: same weights and optimizer state (CPU, deterministic)."""
     extra = ("train.steps=6", "train.ckpt_every=3", "data.num_workers=1", "model.dropout=0.2")
     if recipe == "spml-points":
         extra += (f"method_args.region_cache={tmp_path / 'regions'}",)
+    if recipe == "pmp-points":
+        extra += (f"method_args.blot_cache={tmp_path / 'blots'}",)
     straight = _trainer(shapes, tmp_path / "straight", recipe, *extra)
     straight.fit()
 

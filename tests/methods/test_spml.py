@@ -102,7 +102,7 @@ def test_regions_come_from_the_cache_once_bound(tmp_path: Path) -> None:
     sample = Sample("x", torch.randint(0, 255, (20, 30, 3), dtype=torch.uint8).numpy())
     with pytest.raises(TrainingError, match="not set up"):
         method.prepare_sample(sample)
-    method.bind(DataConfig(root=str(tmp_path)), tmp_path / "run")
+    method.bind(DataConfig(root=str(tmp_path)), tmp_path / "run", num_images=1)
     assert method.prepare_sample(sample).regions.shape == (20, 30)
     assert len(list((tmp_path / "run" / "regions").glob("*/x.png"))) == 1
 

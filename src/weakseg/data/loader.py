@@ -19,9 +19,9 @@ Batch = dict[str, object]
 
 
 def sample_to_tensors(sample: Sample, num_classes: int) -> dict:
-    """Tensors of one sample: uint8 image (3×H×W), int64 mask/scribble (255 where absent), int64 regions (−1 where
-    absent), points, boxes, tags, and ``valid``, a bool map of the real image pixels (False on augmentation padding,
-    see ``meta["valid"]``)."""
+    """Tensors of one sample: uint8 image (3×H×W), int64 mask / scribble / blots (255 where absent), int64 regions
+    (−1 where absent), points, boxes, tags, and ``valid``, a bool map of the real image pixels (False on
+    augmentation padding, see ``meta["valid"]``)."""
     h, w = sample.size
     valid = torch.zeros((h, w), dtype=torch.bool)
     x0, y0, x1, y1 = sample.meta.get("valid", (0, 0, w, h))
@@ -35,6 +35,7 @@ def sample_to_tensors(sample: Sample, num_classes: int) -> dict:
         "image": torch.from_numpy(np.ascontiguousarray(sample.image.transpose(2, 0, 1))),
         "mask": absent if sample.mask is None else torch.from_numpy(sample.mask.astype(np.int64)),
         "scribble": absent if sample.scribble is None else torch.from_numpy(sample.scribble.astype(np.int64)),
+        "blots": absent if sample.blots is None else torch.from_numpy(sample.blots.astype(np.int64)),
         "regions": torch.full((h, w), NO_REGION, dtype=torch.int64)
         if sample.regions is None
         else torch.from_numpy(sample.regions.astype(np.int64)),
@@ -60,6 +61,7 @@ def collate(items: list[dict]) -> Batch:
         "mask": torch.stack([it["mask"] for it in items]),
         "scribble": torch.stack([it["scribble"] for it in items]),
         "regions": torch.stack([it["regions"] for it in items]),
+        "blots": torch.stack([it["blots"] for it in items]),
         "points": [it["points"] for it in items],
         "boxes": [it["boxes"] for it in items],
         "tags": torch.stack([it["tags"] for it in items]),

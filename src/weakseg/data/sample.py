@@ -11,6 +11,7 @@ Coordinate conventions, shared by every reader, simulator and transform:
 * ``tags``: sorted int64 array of the class ids present (for sets with a background class, background is implied
   and not listed).
 * ``regions``: H×W int32 ids of a low-level over-segmentation (``weakseg.pseudo.oversegment``), −1 = none.
+* ``blots``: H×W uint8 labels grown from the points (PMP's point blots, ``weakseg.pseudo.point_blots``), 255 = none.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Sample:
     points: np.ndarray | None = None
     scribble: np.ndarray | None = None
     regions: np.ndarray | None = None
+    blots: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
 
     @property

@@ -37,8 +37,9 @@ class AugmentConfig:
 class JointTransform:
     """Rescale → pad → random crop → horizontal flip → colour jitter, applied to a sample and all its labels.
 
-    * Rescale: the image is resized bilinearly, ``mask``, ``scribble`` and ``regions`` with nearest neighbour (no
-      new label values), to ``round(H·s) × round(W·s)``; coordinates use the exact per-axis factors of the rounded size.
+    * Rescale: the image is resized bilinearly, ``mask``, ``scribble``, ``regions`` and ``blots`` with nearest
+      neighbour (no new label values), to ``round(H·s) × round(W·s)``; coordinates use the exact per-axis factors
+      of the rounded size.
     * Pad: when ``crop_size > 0`` the image is padded at the **bottom and right** up to at least the crop size
       (image with ``pad_image_value``, label maps with the ignore index, regions with −1), so coordinates are
       unchanged.
@@ -80,6 +81,7 @@ class JointTransform:
                 ("mask", sample.mask, IGNORE_INDEX),
                 ("scribble", sample.scribble, IGNORE_INDEX),
                 ("regions", sample.regions, NO_REGION),
+                ("blots", sample.blots, IGNORE_INDEX),
             )
         }
         if (sx, sy) != (1.0, 1.0):
@@ -109,6 +111,7 @@ class JointTransform:
             mask=None if maps["mask"] is None else _detach(maps["mask"], sample.mask),
             scribble=None if maps["scribble"] is None else _detach(maps["scribble"], sample.scribble),
             regions=None if maps["regions"] is None else _detach(maps["regions"], sample.regions),
+            blots=None if maps["blots"] is None else _detach(maps["blots"], sample.blots),
             points=None if points is None else _detach(points, sample.points),
             boxes=None if boxes is None else _detach(boxes, sample.boxes),
             tags=None if sample.tags is None else sample.tags.copy(),

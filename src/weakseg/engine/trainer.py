@@ -78,7 +78,6 @@ class Trainer:
         torch.manual_seed(t.seed)
         self.class_set = resolve_class_set(recipe.data, recipe.data.train_split)
         self.method: Method = build_method(recipe.method, recipe.method_args, recipe.supervision, self.class_set)
-        self.method.bind(recipe.data, self.out)
         self.train_set = SegmentationDataset(
             recipe.data,
             recipe.data.train_split,
@@ -86,6 +85,7 @@ class Trainer:
             required=self.method.required_kinds(),
             class_set=self.class_set,
         )
+        self.method.bind(recipe.data, self.out, len(self.train_set))
         self.val_set = self._val_set()
         self.model: SegmentationModel = build_model(recipe.model, self.class_set.num_classes)
         self.method.setup(self.model, recipe.model)

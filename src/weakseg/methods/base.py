@@ -81,8 +81,9 @@ class Method:
         """Per training sample, before augmentation: what the method adds to it (e.g. SPML's over-segmentation)."""
         return sample
 
-    def bind(self, data: DataConfig, output_dir: Path) -> None:
-        """Called by the trainer with the run's data and output folder (for caches a method keeps on disk)."""
+    def bind(self, data: DataConfig, output_dir: Path, num_images: int) -> None:
+        """Called by the trainer with the run's data, output folder (for caches a method keeps on disk) and number of
+        training images."""
 
     def state_dict(self) -> dict:
         """Training state the method carries between steps (e.g. a memory bank), saved in checkpoints."""

@@ -132,7 +132,7 @@ class SPML(Method):
             return {"eval": {"crf": self.args.relabel_crf}}
         return {}
 
-    def bind(self, data: DataConfig, output_dir: Path) -> None:
+    def bind(self, data: DataConfig, output_dir: Path, num_images: int) -> None:
         folder = Path(self.args.region_cache) if self.args.region_cache else output_dir / "regions"
         self.regions = RegionCache(folder, self.args.oversegment, scope=str(Path(data.root).resolve()))
 

@@ -2,23 +2,20 @@
 
 SPML used HED contours + gPb-owt-ucm (MATLAB); we use scikit-image's Felzenszwalb–Huttenlocher graph segmentation or
 SLIC superpixels instead (``benchmarks/oversegmentation.py`` compares them against the voc454 masks). Region maps are
-``H×W`` int32 ids from 0, cached as 16-bit PNGs named after the image id.
+``H×W`` int32 ids from 0, cached as 16-bit PNGs named after the image id (:class:`SampleMapCache`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from skimage.segmentation import felzenszwalb, slic
 
-from weakseg.data.formats import atomic_write
-from weakseg.data.sample import Sample, check_image_id
+from weakseg.data.sample import Sample
 from weakseg.errors import ConfigError, DataError
+from weakseg.pseudo.cache import SampleMapCache
 
 METHODS = ("felzenszwalb", "slic")
 
@@ -57,31 +54,12 @@ def oversegment(image: np.ndarray, cfg: OversegmentConfig) -> np.ndarray:
     return regions
 
 
-class RegionCache:
-    """Adds ``regions`` to samples: read from ``folder/<settings hash>/<image id>.png`` or computed and written.
-
-    The folder holds one sub-folder per setting and ``scope`` (e.g. the dataset's folder, so that two datasets with
-    the same image ids never share maps), with its ``settings.json``: changing either never reuses stale maps. A
-    cached map of the wrong size is recomputed.
-    """
+class RegionCache(SampleMapCache):
+    """Adds ``regions`` to samples, computed once per image, setting and ``scope`` (:class:`SampleMapCache`)."""
 
     def __init__(self, folder: str | Path, cfg: OversegmentConfig, scope: str = "") -> None:
         self.cfg = cfg.check()
-        settings = json.dumps({**asdict(cfg), "scope": scope}, sort_keys=True)
-        self.folder = Path(folder) / hashlib.sha256(settings.encode()).hexdigest()[:12]
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "settings.json").write_text(settings + "\n")
+        super().__init__(folder, asdict(cfg), "regions", self._compute, scope=scope)
 
-    def regions(self, image_id: str, image: np.ndarray) -> np.ndarray:
-        path = self.folder / f"{check_image_id(image_id)}.png"
-        if path.is_file():
-            cached = np.array(Image.open(path)).astype(np.int32)
-            if cached.shape == image.shape[:2]:
-                return cached
-        regions = oversegment(image, self.cfg)
-        png = Image.fromarray(regions.astype(np.uint16))
-        atomic_write(path, lambda f: png.save(f, format="PNG"))
-        return regions
-
-    def __call__(self, sample: Sample) -> Sample:
-        return sample.replace(regions=self.regions(sample.image_id, sample.image))
+    def _compute(self, sample: Sample) -> np.ndarray:
+        return oversegment(sample.image, self.cfg)
