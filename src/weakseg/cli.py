@@ -97,11 +97,13 @@ def _resolve_checkpoint(path: Path) -> tuple[Path, dict | None]:
     """A checkpoint file, or a run folder: its final model (the last stage's) and its pseudo-label scores."""
     if not path.is_dir():
         return path, None
-    for candidate in (path / "last.pt", path / "seg" / "last.pt"):
+    summary = path / "metrics.json"
+    final = json.loads(summary.read_text()).get("final_stage", "seg") if summary.is_file() else "seg"
+    for candidate in (path / "last.pt", path / final / "last.pt"):
         if candidate.is_file():
             pseudo = path / "pseudo" / "metrics.json"
             return candidate, json.loads(pseudo.read_text()) if pseudo.is_file() else None
-    raise WeakSegError(f"{path}: no last.pt here or in seg/ (is it a finished run folder?)")
+    raise WeakSegError(f"{path}: no last.pt here or in {final}/ (is it a finished run folder?)")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import tiny_overrides
+from weakseg.cli import _resolve_checkpoint
 from weakseg.data.sample import LABEL_KINDS
 from weakseg.data.simulate import mix_labels
 from weakseg.engine.checkpoint import load_checkpoint
@@ -69,6 +70,7 @@ def test_spml_from_tags_and_boxes_trains_on_the_cam_pseudo_labels(shapes: Path, 
         assert result.final_checkpoint.parent.name == "seg2"
         again = _pipeline(shapes, out, recipe, *extra)
         assert all(again.finished(name) for name in again.stages)  # resume skips every stage, relabel included
+        assert _resolve_checkpoint(out)[0] == out / "seg2" / "last.pt"  # `weakseg eval RUN_DIR` takes the final model
 
 
 def test_spml_trains_from_mixed_supervision(shapes: Path, tmp_path: Path) -> None:

@@ -197,6 +197,7 @@ class Pipeline:
             relabel = self.stage_dir(RELABEL_STAGE) / "metrics.json"
             if RELABEL_STAGE in self.stages and relabel.is_file():
                 metrics["relabel"] = json.loads(relabel.read_text())
+            metrics["final_stage"] = self.stages[-1]  # where `weakseg eval RUN_DIR` finds the final model
             write_json(self.out / "metrics.json", metrics)
         return metrics
 
