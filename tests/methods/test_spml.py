@@ -62,7 +62,7 @@ def test_loss_trains_the_embedding_with_the_contrast_and_the_classifier_with_ce(
 
 def test_image_classes_are_the_foreground_labels_of_each_image() -> None:
     _, method = _spml()
-    classes = method.image_classes(_batch()["scribble"])
+    classes = method.semantic_target(_batch())[1]
     assert classes.shape == (2, VOC.num_classes - 1)
     assert classes[0].nonzero()[:, 0].tolist() == [7] and classes[1].nonzero()[:, 0].tolist() == [14]
 

@@ -44,11 +44,17 @@ def crop_tags(batch: dict, supervision: str) -> torch.Tensor:
     if supervision == "mixed":
         for b, points in enumerate(batch["points"]):
             tags[b, points[:, 2].long()] = 1.0
-        scribble = batch["scribble"].flatten(1)
-        for b in range(tags.shape[0]):
-            tags[b, scribble[b][scribble[b] < k].unique()] = 1.0
+        tags = torch.maximum(tags, label_map_classes(batch["scribble"], k).to(tags.dtype))
         tags = torch.where(batch["has"]["tags"][:, None].to(tags.device), batch["tags"], tags)
     return tags
+
+
+def label_map_classes(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``B×K`` 0/1 classes present in each of ``B×H×W`` label maps (values outside ``[0, K)`` are no class)."""
+    flat = labels.flatten(1)
+    present = torch.zeros(flat.shape[0], num_classes + 1, device=labels.device)
+    present.scatter_(1, flat.masked_fill((flat < 0) | (flat >= num_classes), num_classes), 1.0)
+    return present[:, :num_classes]
 
 
 def rescaled_view(images: torch.Tensor, size: int) -> torch.Tensor:

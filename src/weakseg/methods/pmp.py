@@ -146,8 +146,9 @@ class PMP(Method):
             scaled = pts.clone().float()
             scaled[:, 0] = (scaled[:, 0] + 0.5) * w / width - 0.5
             scaled[:, 1] = (scaled[:, 1] + 0.5) * h / height - 0.5
-            objects = proximity_fields(scaled, h, w, self.objects)
-            background = proximity_fields(scaled, h, w, [bg])[0] if bg is not None else torch.zeros(h, w)
+            fields = proximity_fields(scaled, h, w, self.objects + ([bg] if bg is not None else []))
+            objects = fields[: len(self.objects)]
+            background = fields[-1] if bg is not None else torch.zeros(h, w)
             objects, background = expand_fields(
                 aggregate_fields(objects, background), background, self.score.objects, self.score.background
             )

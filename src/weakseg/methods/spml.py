@@ -27,7 +27,7 @@ from weakseg.errors import ConfigError, TrainingError
 from weakseg.losses import PartialCrossEntropy, PixelSegmentContrastLoss
 from weakseg.losses.spml import UNLABELLED, Relation
 from weakseg.methods.base import METHODS, Method, register_method
-from weakseg.methods.cam import CAMLearner, crop_tags
+from weakseg.methods.cam import CAMLearner, crop_tags, label_map_classes
 from weakseg.methods.supervised import sparse_target
 from weakseg.models.heads import EmbeddingClassifier, ProjectionHead
 from weakseg.models.segmentor import ModelConfig, SegmentationModel
@@ -179,18 +179,10 @@ class SPML(Method):
         args, ignore = self.args, self.class_set.ignore_index
         if self.supervision in ("points", "scribbles"):
             target = sparse_target(batch, self.label_kinds(), args.point_radius, args.scribble_radius, ignore)
-            return target, self.image_classes(target)
+            return target, label_map_classes(target, self.class_set.num_classes)[:, self.foreground]
         classes = crop_tags(batch, self.supervision)[:, self.foreground]
         if self.supervision != "mixed":
             return batch["mask"], classes
         sparse = sparse_target(batch, LABEL_KINDS, args.point_radius, args.scribble_radius, ignore)
         own = (batch["has"]["points"] | batch["has"]["scribbles"]).to(sparse.device)[:, None, None]
         return torch.where(own, sparse, batch["mask"]), classes
-
-    def image_classes(self, target: torch.Tensor) -> torch.Tensor:
-        """``B×C`` 0/1 foreground classes of each image's labels (the semantic context of co-occurrence)."""
-        k = self.class_set.num_classes
-        labelled = target.flatten(1)
-        present = torch.zeros(target.shape[0], k + 1, device=target.device)
-        present.scatter_(1, labelled.clamp(0, k).masked_fill(labelled >= k, k), 1.0)
-        return present[:, self.foreground]
