@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SHARED_DATA, needs_voc454
 from weakseg import bench
 from weakseg.bench import DATASETS, BenchDataset, Row, plan_rows, run_row, update_ratios
 from weakseg.data.formats import write_json
@@ -75,6 +76,23 @@ def test_fingerprint_tracks_the_recipe_not_the_paths(data_root: Path, tmp_path: 
     assert row.fingerprint(tmp_path / "a") == row.fingerprint(tmp_path / "b")
     quick = Row("quick", row.dataset, row.method, row.supervision, row.data_root, row.results)
     assert quick.fingerprint(tmp_path) != row.fingerprint(tmp_path)
+
+
+def test_keys_added_later_leave_fingerprints_alone_at_their_defaults(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (data_root / "voc454" / "image_labels.json").write_text("{}")
+    row = plan_rows("standard", ["voc454"], ["pce"], ["points"], data_root, tmp_path)[0]
+    before = row.fingerprint(tmp_path)
+    monkeypatch.setattr(bench, "SHARED", [*bench.SHARED, "train.norm=frozen"])
+    assert row.fingerprint(tmp_path) != before  # a non-default value is part of the protocol
+
+
+@needs_voc454
+def test_a_row_recorded_before_a_later_key_existed_is_still_current(tmp_path: Path) -> None:
+    recorded = Path(__file__).parents[1] / "benchmarks" / "results"
+    cam = plan_rows("standard", ["voc454"], ["cam"], ["tags"], SHARED_DATA, recorded)[0]
+    assert json.loads(cam.json_path.read_text())["fingerprint"] == cam.fingerprint(tmp_path)
 
 
 def test_one_row_end_to_end(shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

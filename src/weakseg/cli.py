@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from weakseg import __version__
@@ -30,7 +33,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if DOTTED_KEY.fullmatch(item) and not item.endswith((".yaml", ".yml")) and not Path(item).exists():
             raise ConfigError(f"override {item!r} must look like key.sub=value")
     recipe = load_recipe(recipes, overrides)
-    result = Pipeline(recipe, progress=not args.quiet).run(resume=args.resume, start=args.stage, until=args.until)
+    with distributed_run(recipe.train.device):
+        result = Pipeline(recipe, progress=not args.quiet).run(resume=args.resume, start=args.stage, until=args.until)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     _print_pseudo_metrics(result.metrics.get("pseudo_labels"))
     if not result.final_checkpoint.is_file():  # --until stopped before the last stage
         log.info("stopped after stage %s; outputs in %s", args.until, result.output_dir)
@@ -45,9 +51,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def distributed_run(device: str) -> Iterator[None]:
+    """Under torchrun: join the process group for the command, and leave it at the end."""
+    from weakseg.engine import distributed
+
+    distributed.init_distributed(device)
+    try:
+        yield
+    finally:
+        distributed.shutdown()
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    """Score a checkpoint; under torchrun the images are shared among the processes and rank 0 reports."""
+    with distributed_run(args.device):
+        return _evaluate_checkpoint(args)
+
+
+def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     from weakseg.data.dataset import SegmentationDataset
     from weakseg.data.formats import write_json
+    from weakseg.engine import distributed
     from weakseg.engine.config import apply_overrides, from_dict, to_dict
     from weakseg.engine.device import select_device
     from weakseg.engine.evaluator import evaluate
@@ -71,7 +96,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         metrics = make_pseudo_labels(
             model, dataset, recipe.supervision, recipe.pseudo, device, out_dir=pred_dir, progress=not args.quiet
         )
-        _print_pseudo_metrics(metrics, f"{checkpoint}: pseudo-labels on {split}")
+        if distributed.is_main():
+            _print_pseudo_metrics(metrics, f"{checkpoint}: pseudo-labels on {split}")
     else:
         split = args.split or recipe.data.val_split
         dataset = SegmentationDataset(recipe.data, split, kinds=("mask",), required=("mask",))
@@ -84,11 +110,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             prediction_dir=pred_dir,
         )
-        _print_pseudo_metrics(seed_metrics)
-        _print_metrics(metrics, f"{checkpoint} on {split}")
+        if distributed.is_main():
+            _print_pseudo_metrics(seed_metrics)
+            _print_metrics(metrics, f"{checkpoint} on {split}")
         if seed_metrics:
             metrics["pseudo_labels"] = seed_metrics
-    if args.out:
+    if args.out and distributed.is_main():
         write_json(args.out, metrics)
     return 0
 
@@ -322,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.quiet)
+    _setup_logging(args.quiet or os.environ.get("RANK", "0") != "0")  # under torchrun, rank 0 logs
     try:
         return args.func(args)
     except WeakSegError as exc:

@@ -39,6 +39,7 @@ def test_inheritance_and_overrides(tmp_path: Path) -> None:
         ("augment.scale_range=[1]", "'augment.scale_range' must have 2 items"),
         ("nonsense=1", "unknown key 'nonsense'"),
         ("train.optimizer=adam", "train.optimizer must be sgd or adamw"),
+        ("train.norm=group", "train.norm must be batch, sync or frozen"),
         ("train", "must look like key.sub=value"),
     ],
 )

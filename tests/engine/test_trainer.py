@@ -134,3 +134,17 @@ def test_lr_schedules(schedule: str, step: int, expected: float) -> None:
 
 def test_warmup_is_linear() -> None:
     assert [lr_factor(s, 100, "poly", 0.9, 4) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+
+
+def test_frozen_norm_keeps_the_running_statistics(shapes: Path, tmp_path: Path) -> None:
+    trainer = _trainer(shapes, tmp_path / "frozen", "full", "train.norm=frozen", "train.steps=2", "train.val_every=1")
+    norms = [m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in norms]
+    weights = [m.weight.detach().clone() for m in norms]
+    trainer.fit()
+    assert all(torch.equal(m.running_mean, b) for m, b in zip(norms, before, strict=True))
+    assert any(not torch.equal(m.weight, w) for m, w in zip(norms, weights, strict=True))  # affine still trains
+    plain = _trainer(shapes, tmp_path / "batch", "full", "train.steps=2")
+    plain_norms = [m for m in plain.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    plain.fit()
+    assert any(not torch.equal(m.running_mean, b) for m, b in zip(plain_norms, before, strict=True))

@@ -7,6 +7,7 @@ import logging
 
 import torch
 
+from weakseg.engine.distributed import env_world_size, local_rank
 from weakseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -16,7 +17,7 @@ def select_device(spec: str = "auto") -> torch.device:
     """``auto``: CUDA if available, else Apple MPS, else CPU; otherwise the device named."""
     if spec == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return _process_gpu(torch.device("cuda"))
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -26,6 +27,13 @@ def select_device(spec: str = "auto") -> torch.device:
         raise ConfigError(f"train.device: unknown device {spec!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={spec} but CUDA is not available on this machine")
+    return _process_gpu(device)
+
+
+def _process_gpu(device: torch.device) -> torch.device:
+    """Under torchrun, an unnumbered CUDA device is the GPU of the process's ``LOCAL_RANK``."""
+    if device.type == "cuda" and device.index is None and env_world_size() > 1:
+        return torch.device("cuda", local_rank())
     return device
 
 

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from weakseg.data.dataset import SegmentationDataset
 from weakseg.data.formats import write_label_png
 from weakseg.data.loader import collate, sample_to_tensors
+from weakseg.engine import distributed
 from weakseg.engine.device import normalize
 from weakseg.engine.inference import predict_probs
 from weakseg.engine.metrics import SegmentationMetrics
@@ -56,7 +57,11 @@ def evaluate(
     progress: bool = True,
     prediction_dir: Path | None = None,
 ) -> dict:
-    """Predict every image of ``dataset`` (one at a time, any size) and score against its masks."""
+    """Predict every image of ``dataset`` (one at a time, any size) and score against its masks.
+
+    Under torchrun each process predicts its share of the images (:func:`distributed.shard`) and the scores are
+    merged; every process returns the same metrics.
+    """
     class_set = dataset.class_set
     metrics = SegmentationMetrics(class_set.num_classes, class_set.ignore_index, cfg.boundary_tolerance)
     mean, std = model.mean_std
@@ -65,13 +70,14 @@ def evaluate(
     model.eval()
     count = len(dataset) if cfg.max_images is None else min(cfg.max_images, len(dataset))
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(_EvalView(dataset), range(count)),
+        torch.utils.data.Subset(_EvalView(dataset), distributed.shard(count)),
         batch_size=1,
         num_workers=num_workers,
         collate_fn=collate,
     )
     model_time = 0.0
     palette = class_set.palette_array()
+    progress = progress and distributed.is_main()
     for batch in tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
         start = time.perf_counter()
         pred = predict_with_config(logits_fn, batch["image"].to(device), mean, std, cfg).cpu()
@@ -81,6 +87,8 @@ def evaluate(
             for image_id, p in zip(batch["image_id"], pred, strict=True):
                 write_label_png(prediction_dir / f"{image_id}.png", p.numpy().astype("uint8"), palette)
     model.train(was_training)
+    metrics = distributed.merged(metrics)
+    model_time = max(distributed.all_gather_objects(model_time))  # the processes predict side by side
     result = metrics.compute()
     result["num_images"] = count
     result["infer_images_per_s"] = count / model_time if model_time > 0 else float("nan")

@@ -20,6 +20,7 @@ import yaml
 from weakseg.data.dataset import SegmentationDataset, resolve_class_set
 from weakseg.data.formats import write_json
 from weakseg.data.sample import LABEL_KINDS
+from weakseg.engine import distributed
 from weakseg.engine.config import deep_merge, from_dict, to_dict
 from weakseg.engine.device import select_device
 from weakseg.engine.evaluator import evaluate
@@ -160,7 +161,7 @@ class Pipeline:
         )  # fmt: skip
         metrics["config"] = self._pseudo_fingerprint()
         metrics["cam_step"] = state["step"]
-        write_json(folder / "metrics.json", metrics)
+        _write_on_main(folder / "metrics.json", metrics)
         if "seed" in metrics:
             log.info("stage pseudo: seed mIoU %.4f, refined %.4f, pseudo-labels %.4f on %.1f%% of the pixels",
                      metrics["seed"]["miou"], metrics["refined"]["miou"], metrics["pseudo"]["miou"],
@@ -182,7 +183,7 @@ class Pipeline:
         if "mask" not in dataset.kinds:
             metrics = {"num_images": metrics["num_images"]}
         metrics["config"] = config
-        write_json(folder / "metrics.json", metrics)
+        _write_on_main(folder / "metrics.json", metrics)
         if "miou" in metrics:
             log.info("stage relabel: mIoU %.4f of the new training labels", metrics["miou"])
         return metrics
@@ -198,8 +199,15 @@ class Pipeline:
             if RELABEL_STAGE in self.stages and relabel.is_file():
                 metrics["relabel"] = json.loads(relabel.read_text())
             metrics["final_stage"] = self.stages[-1]  # where `weakseg eval RUN_DIR` finds the final model
-            write_json(self.out / "metrics.json", metrics)
+            _write_on_main(self.out / "metrics.json", metrics)
         return metrics
+
+
+def _write_on_main(path: Path, data: dict) -> None:
+    """Rank 0 writes a stage's JSON; every process waits until it is there."""
+    if distributed.is_main():
+        write_json(path, data)
+    distributed.barrier()
 
 
 def pseudo_label_dataset(recipe: Recipe, split: str) -> SegmentationDataset:

@@ -16,6 +16,7 @@ from weakseg.data.classes import IGNORE_INDEX, ClassSet
 from weakseg.data.dataset import SegmentationDataset
 from weakseg.data.formats import write_label_png
 from weakseg.data.sample import Sample, sample_classes
+from weakseg.engine import distributed
 from weakseg.engine.device import normalize
 from weakseg.engine.metrics import ConfusionMatrix, SegmentationMetrics
 from weakseg.pseudo import PAMR, DenseCRF, RandomWalk
@@ -132,7 +133,8 @@ def make_pseudo_labels(
 
     Returns ``{"images": n, "coverage": labelled fraction of the pseudo-labels}`` plus, with masks, ``baseline``,
     ``seed`` and ``refined`` metrics (mIoU, boundary F, J&F of dense maps) and ``pseudo`` (mIoU over the pixels the
-    pseudo-labels keep, the precision that the second stage trains on).
+    pseudo-labels keep, the precision that the second stage trains on). Under torchrun each process labels its share
+    of the images and the scores are merged (every process returns them).
     """
     class_set = dataset.class_set
     labeller = PseudoLabeller(model, class_set, cfg, device)
@@ -142,7 +144,8 @@ def make_pseudo_labels(
     labelled = total = 0
     has_masks = "mask" in dataset.kinds
     palette = class_set.palette_array()
-    for i in tqdm(range(len(dataset)), desc="pseudo-labels", disable=not progress, dynamic_ncols=True):
+    progress = progress and distributed.is_main()
+    for i in tqdm(distributed.shard(len(dataset)), desc="pseudo-labels", disable=not progress, dynamic_ncols=True):
         sample = dataset[i]
         maps = labeller(sample, kind)
         labelled += int((maps.pseudo != IGNORE_INDEX).sum())
@@ -155,6 +158,9 @@ def make_pseudo_labels(
                 scores[name].update(_dense(getattr(maps, name)), mask)
             keep = maps.pseudo != IGNORE_INDEX
             kept.update(torch.where(keep, maps.pseudo, 0), torch.where(keep, mask, ignore))
+    scores = {name: distributed.merged(m) for name, m in scores.items()}
+    kept = distributed.merged(kept)
+    labelled, total = (sum(x) for x in zip(*distributed.all_gather_objects((labelled, total)), strict=True))
     result: dict = {"images": len(dataset), "coverage": labelled / max(total, 1), "kind": kind}
     if has_masks:
         for name in STAGES:

@@ -34,6 +34,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     amp: str = "auto"  # auto (bf16 on CUDA when supported, else off) | bf16 | fp16 | off
     num_threads: int | None = None  # torch intra-op threads on CPU (default: torch's choice)
+    # Batch norm across processes (torchrun): batch (statistics of each process's share of the batch), sync
+    # (SyncBatchNorm: of the global batch; CUDA only) or frozen (running statistics; affine parameters still train).
+    norm: str = "batch"
 
 
 @dataclass
@@ -71,6 +74,8 @@ class Recipe:
             raise ConfigError(f"train.optimizer must be sgd or adamw, not {t.optimizer!r}")
         if t.schedule not in ("poly", "cosine", "constant"):
             raise ConfigError(f"train.schedule must be poly, cosine or constant, not {t.schedule!r}")
+        if t.norm not in ("batch", "sync", "frozen"):
+            raise ConfigError(f"train.norm must be batch, sync or frozen, not {t.norm!r}")
         if t.amp not in ("auto", "bf16", "fp16", "off"):
             raise ConfigError(f"train.amp must be auto, bf16, fp16 or off, not {t.amp!r}")
         if self.eval.crf_iterations < 0:

@@ -11,18 +11,21 @@ from pathlib import Path
 
 import torch
 import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from weakseg.data.dataset import SegmentationDataset, resolve_class_set
 from weakseg.data.formats import write_json
 from weakseg.data.loader import AugmentedDataset, PreparedTransform, StepSampler, collate
 from weakseg.data.transforms import JointTransform
+from weakseg.engine import distributed
 from weakseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from weakseg.engine.config import to_dict
 from weakseg.engine.device import amp_dtype, autocast, move_batch, normalize, select_device
 from weakseg.engine.evaluator import evaluate
 from weakseg.engine.recipe import Recipe
-from weakseg.errors import TrainingError
+from weakseg.errors import ConfigError, TrainingError
 from weakseg.methods import Method, build_method
 from weakseg.models import SegmentationModel, build_model
 
@@ -54,6 +57,28 @@ def check_writable(folder: Path) -> None:
         raise TrainingError(f"{folder}: output folder is not writable ({exc.strerror or exc})") from None
 
 
+class TrainingStep(nn.Module):
+    """A method's forward pass and loss on a model, as one module: what DistributedDataParallel wraps, so that a
+    method's several forward passes (two views) make one DDP step, and the parameters its loss leaves unused (a CAM
+    learner's decoder) are found from the loss itself."""
+
+    def __init__(self, model: SegmentationModel, method: Method) -> None:
+        super().__init__()
+        self.model, self.method = model, method
+
+    def forward(self, images: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict]:
+        return self.method.loss(self.method.forward(self.model, images), batch)
+
+
+def set_train_mode(model: nn.Module, norm: str) -> None:
+    """``model.train()``; with ``train.norm=frozen`` its batch norms keep normalising with their running statistics."""
+    model.train()
+    if norm == "frozen":
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
 @dataclass
 class TrainResult:
     output_dir: Path
@@ -67,10 +92,15 @@ class Trainer:
     """Builds data, model and method from a recipe and runs (or resumes) training."""
 
     def __init__(self, recipe: Recipe, *, progress: bool = True) -> None:
-        self.recipe, self.progress = recipe, progress
+        self.recipe, self.progress = recipe, progress and distributed.is_main()
         self.out = Path(recipe.output_dir)
         check_writable(self.out)
         t = recipe.train
+        self.world = distributed.world_size()
+        if t.batch_size % self.world:
+            raise ConfigError(
+                f"train.batch_size {t.batch_size} (the global batch) is not divisible by {self.world} processes"
+            )
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         self.device = select_device(t.device)
@@ -89,7 +119,20 @@ class Trainer:
         self.val_set = self._val_set()
         self.model: SegmentationModel = build_model(recipe.model, self.class_set.num_classes)
         self.method.setup(self.model, recipe.model)
+        if t.norm == "sync" and self.world > 1:
+            if self.device.type != "cuda":
+                raise ConfigError("train.norm=sync needs CUDA processes (PyTorch's SyncBatchNorm has no CPU kernel); "
+                                  "use train.norm=batch or frozen on the CPU")  # fmt: skip
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device)
+        self.step_module: nn.Module = TrainingStep(self.model, self.method)
+        if self.world > 1:
+            self.step_module = DistributedDataParallel(
+                self.step_module,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                # CAM learners leave the decoder unused; every other method's loss reaches every parameter.
+                find_unused_parameters=not self.method.trains_decoder,
+            )
         self.optimizer = self._optimizer()
         self.step = 0
         self.best_score = -1.0
@@ -129,7 +172,10 @@ class Trainer:
         }
 
     def save(self, name: str) -> None:
-        save_checkpoint(self.state(), self.out / name)
+        """Rank 0 writes the checkpoint; every process waits for it."""
+        if distributed.is_main():
+            save_checkpoint(self.state(), self.out / name)
+        distributed.barrier()
 
     def resume(self, path: Path | None = None) -> bool:
         """Restore from ``path`` (default: the output folder's ``last.pt``); False if there is none."""
@@ -154,7 +200,10 @@ class Trainer:
         t, data = self.recipe.train, self.recipe.data
         transform = PreparedTransform(self.method.prepare_sample, JointTransform(self.recipe.augment))
         dataset = AugmentedDataset(self.train_set, transform, self.class_set.num_classes, t.seed)
-        sampler = StepSampler(len(self.train_set), t.batch_size, t.steps, t.seed, start_step=self.step)
+        sampler = StepSampler(
+            len(self.train_set), t.batch_size, t.steps, t.seed, start_step=self.step,
+            rank=distributed.rank(), world_size=self.world,
+        )  # fmt: skip
         return torch.utils.data.DataLoader(
             dataset,
             batch_sampler=sampler,
@@ -164,6 +213,7 @@ class Trainer:
             worker_init_fn=_single_thread_worker,
             generator=torch.Generator().manual_seed(t.seed),
             prefetch_factor=4 if data.num_workers > 0 else None,
+            persistent_workers=data.num_workers > 0,
         )
 
     def _set_lr(self) -> float:
@@ -180,8 +230,7 @@ class Trainer:
         images = normalize(batch["image"], mean, std)
         self.method.begin_step(self.step, self.recipe.train.steps)
         with autocast(self.device, self.amp):
-            outputs = self.method.forward(self.model, images)
-            loss, terms = self.method.loss(outputs, batch)
+            loss, terms = self.step_module(images, batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.recipe.train.max_grad_norm:
@@ -192,8 +241,9 @@ class Trainer:
         return loss.detach(), terms
 
     def _guard(self, nonfinite: torch.Tensor, loss: torch.Tensor) -> None:
-        """Stop, before any checkpoint is written, when a loss since the last check was NaN or infinite."""
-        if bool(nonfinite):
+        """Stop, before any checkpoint is written, when a loss since the last check was NaN or infinite (in any
+        process: they all stop)."""
+        if bool(distributed.all_reduce(nonfinite.float(), "max")):
             raise TrainingError(
                 f"non-finite loss ({float(loss)}) by step {self.step}; stopped without saving. Lower train.lr, "
                 f"set train.max_grad_norm, or check the labels. Last good checkpoint: {self.out / 'last.pt'}"
@@ -207,8 +257,9 @@ class Trainer:
         t = self.recipe.train
         stop = t.steps if until is None else min(until, t.steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        self.model.train()
-        self._write_run_files()
+        set_train_mode(self.model, t.norm)
+        if distributed.is_main():
+            self._write_run_files()
         start_step, wall_start = self.step, time.perf_counter()
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         bar = tqdm(total=t.steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
@@ -222,7 +273,7 @@ class Trainer:
             done = self.step == stop
             if self.step % t.log_every == 0 or done:
                 self._guard(nonfinite, loss)
-                row = {"step": self.step, "lr": lr, "loss": float(loss), **{k: float(v) for k, v in terms.items()}}
+                row = {"step": self.step, "lr": lr, **self._mean_over_processes({"loss": loss, **terms})}
                 row["images_per_s"] = t.batch_size * (self.step - start_step) / (time.perf_counter() - wall_start)
                 self.history.append(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}", lr=f"{lr:.2e}")
@@ -241,7 +292,12 @@ class Trainer:
             if self.val_set is not None:
                 metrics = self._validate()
                 self.save("last.pt")
-            write_json(self.out / "metrics.json", {**metrics, "step": self.step, "train_images_per_s": images_per_s})
+            if distributed.is_main():
+                summary = {**metrics, "step": self.step, "train_images_per_s": images_per_s, "processes": self.world}
+                if self.device.type == "cuda":
+                    summary["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+                write_json(self.out / "metrics.json", summary)
+            distributed.barrier()
         return TrainResult(self.out, self.step, metrics, images_per_s, time.perf_counter() - wall_start)
 
     def _validate(self) -> dict:
@@ -253,12 +309,20 @@ class Trainer:
             num_workers=self.recipe.data.num_workers,
             progress=self.progress,
         )
+        set_train_mode(self.model, self.recipe.train.norm)
         log.info("step %d: val mIoU %.4f, boundary F %.4f", self.step, metrics["miou"], metrics["boundary_f"])
         self.history.append({"step": self.step, "val_miou": metrics["miou"], "val_boundary_f": metrics["boundary_f"]})
         if metrics["miou"] > self.best_score:
             self.best_score = metrics["miou"]
             self.save("best.pt")
         return metrics
+
+    def _mean_over_processes(self, values: dict) -> dict[str, float]:
+        """The logged loss terms, averaged over the processes (one collective, at logging steps only)."""
+        stacked = torch.stack(
+            [torch.as_tensor(v, dtype=torch.float32, device=self.device).reshape(()) for v in values.values()]
+        )
+        return dict(zip(values, distributed.all_reduce(stacked, "mean").tolist(), strict=True))
 
     def _write_run_files(self) -> None:
         (self.out / "recipe.yaml").write_text(yaml.safe_dump(to_dict(self.recipe), sort_keys=False))

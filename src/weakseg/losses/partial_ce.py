@@ -24,11 +24,14 @@ class PartialCrossEntropy(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if logits.shape[-2:] != target.shape[-2:]:
             logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-        if not bool((target != self.ignore_index).any()):
-            return logits.sum() * 0.0
-        return F.cross_entropy(
+        # Summed, then divided by the labelled count (the mean over labelled pixels): no host sync to test whether
+        # any pixel is labelled; with none the sum is a zero that still depends on the logits.
+        labelled = (target != self.ignore_index).sum()
+        total = F.cross_entropy(
             logits.float(),
             target,
             ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
+            reduction="sum",
         )
+        return total / labelled.clamp_min(1)

@@ -3,7 +3,7 @@
 * :func:`cam_assignments` — pseudo-labels ``y = argmax`` of the max-normalised CAMs of the present classes with a
   constant background score (§3.2), and each pixel's confidence in its class.
 * :func:`estimate_prototypes` — ``p_c`` = confidence-weighted mean of the (detached) embeddings of the top-K pixels
-  assigned to class ``c`` over the whole batch, L2-normalised (eq. 5).
+  assigned to class ``c`` over the whole batch (every process's under torchrun), L2-normalised (eq. 5).
 * :func:`prototype_contrast` — ``F(v_i; y_i; P) = −log softmax_c(v_i·p_c/τ)[y_i]`` (eq. 4), optionally over the
   positive and the semi-hard negatives only (prototype mining, §3.5).
 * :func:`hard_pixel_weights` — per class, a random half of its pixels plus its 10%–60% least similar (§3.5).
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from weakseg.engine.distributed import gather_rows
 from weakseg.losses.cam import compute_dtype, max_normalised_cam
 
 IGNORE = -1
@@ -50,7 +51,8 @@ def estimate_prototypes(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prototypes of eq. 5 from ``N×D`` embeddings, ``N`` labels in ``0..K−1`` (or ``IGNORE``) and ``N×K``
     confidences: for each class, the top-``top_k`` pixels assigned to it (all of them if fewer) weighted by their
-    confidence, averaged and L2-normalised; embeddings are detached. Returns ``K×D`` prototypes and a ``K`` bool of
+    confidence, averaged and L2-normalised; embeddings are detached. Under torchrun the top-``top_k`` are those of
+    the global batch: the top-``top_k`` of every process's top-``top_k``. Returns ``K×D`` prototypes and a ``K`` bool of
     the classes that have one (at least one assigned pixel with positive confidence).
     """
     n, k = confidence.shape
@@ -60,9 +62,16 @@ def estimate_prototypes(
             labels[None] == torch.arange(k, device=labels.device)[:, None], confidence.T.to(dtype), -torch.inf
         )  # K×N
         values, index = candidates.topk(min(top_k, n), dim=1)
+        chosen = embeddings.detach().to(dtype)[index]  # K×t×D
+        # Over the global batch under torchrun: the top-k of the processes' top-k candidates.
+        values = gather_rows(values.T.contiguous())[0].T
+        chosen = gather_rows(chosen.transpose(0, 1).contiguous())[0].transpose(0, 1)
+        if values.shape[1] > top_k:
+            values, pick = values.topk(top_k, dim=1)
+            chosen = chosen.gather(1, pick[..., None].expand(-1, -1, chosen.shape[2]))
         weights = torch.where(values.isfinite(), values, 0.0)
         total = weights.sum(1)
-        summed = torch.einsum("kt,ktd->kd", weights, embeddings.detach().to(dtype)[index])
+        summed = torch.einsum("kt,ktd->kd", weights, chosen)
         exists = total > 0
         prototypes = F.normalize(summed / total.clamp_min(1e-12)[:, None], dim=1)
     return prototypes.to(embeddings.dtype), exists

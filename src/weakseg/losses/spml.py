@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from weakseg.engine.distributed import gather_rows
 from weakseg.losses.cam import compute_dtype
 
 UNLABELLED = -1
@@ -183,9 +184,11 @@ class PixelSegmentContrastLoss(nn.Module):
       builds it but never calls it).
 
     ``memory`` iterations of segments (detached, with their labels and tags) enlarge the annotation, co-occurrence
-    and affinity sets. ``pixels_per_image`` (None: all, as in the paper) draws that many pixels of each image at
-    random whose losses count; segments are still the means of all their pixels. The loss is then an unbiased
-    estimate of the full one at a fraction of its O(pixels × segments) cost.
+    and affinity sets. Under torchrun the batch's segments are every process's (gathered with their gradient) and
+    the bank holds global batches; the similarity relation is per image and stays local. ``pixels_per_image``
+    (None: all, as in the paper) draws that many pixels of each image at random whose losses count; segments are
+    still the means of all their pixels. The loss is then an unbiased estimate of the full one at a fraction of its
+    O(pixels × segments) cost.
     """
 
     def __init__(
@@ -249,16 +252,21 @@ class PixelSegmentContrastLoss(nn.Module):
         pixel_label = labels.reshape(-1)[keep][chosen]
         seg_label = segments.keys[1]
 
-        # This batch's segments first (the own segments index them), then the memory bank's: prototypes, labels,
-        # and per image (numbered on from this batch's) its tags.
-        all_protos = torch.cat([prototypes, *(entry[0].to(prototypes.dtype) for entry in self.bank)])
-        all_labels = torch.cat([seg_label, *(entry[1] for entry in self.bank)])
-        image_tags, all_images, offset = [tags.bool()], [segments.batch], b
+        # The global batch's segments first (under torchrun, every process's, with gradient; this process's start at
+        # ``first``, its images at ``first_image``), then the memory bank's: prototypes, labels, and per image
+        # (numbered on from the batch's) its tags.
+        batch_protos, first = gather_rows(prototypes)
+        batch_tags, first_image = gather_rows(tags.bool())
+        batch_labels, batch_images = gather_rows(seg_label)[0], gather_rows(segments.batch + first_image)[0]
+        all_protos = torch.cat([batch_protos, *(entry[0].to(prototypes.dtype) for entry in self.bank)])
+        all_labels = torch.cat([batch_labels, *(entry[1] for entry in self.bank)])
+        image_tags, all_images, offset = [batch_tags], [batch_images], batch_tags.shape[0]
         for _, _, bank_tags, bank_images in self.bank:
             image_tags.append(bank_tags)
             all_images.append(bank_images + offset)
             offset += bank_tags.shape[0]
         all_tags, all_images = torch.cat(image_tags), torch.cat(all_images)
+        own_any = own + first  # the pixel's own segment among all segments
 
         terms: dict[str, torch.Tensor] = {}
         for name, relation in self.relations.items():
@@ -273,20 +281,20 @@ class PixelSegmentContrastLoss(nn.Module):
                 ])  # fmt: skip
             elif name == "cooccurrence":  # groups: the images of this batch and of the memory bank; kinds: images
                 shared = (tags.float() @ all_tags.float().T) > 0  # B × images
-                shared[:, :b] |= torch.eye(b, dtype=torch.bool, device=own.device)
+                shared[:, first_image : first_image + b] |= torch.eye(b, dtype=torch.bool, device=own.device)
                 sets = SegmentSets(all_images, pixel_batch, shared, ~shared)
-                loss = segment_contrast(pixels, own, all_protos, sets, relation.concentration)
+                loss = segment_contrast(pixels, own_any, all_protos, sets, relation.concentration)
             else:  # annotation, affinity: groups and kinds are labels (+1: 0 = unlabelled)
                 targets = all_labels if name == "annotation" else self._propagate(all_protos, all_labels)
-                wanted = pixel_label if name == "annotation" else targets[own]
+                wanted = pixel_label if name == "annotation" else targets[own_any]
                 rows = wanted >= 0
                 k = int(max(targets.max(), wanted.max())) + 2
                 labelled = torch.arange(k, device=own.device) > 0
                 same = torch.eye(k, dtype=torch.bool, device=own.device) & labelled[None]
                 sets = SegmentSets(targets + 1, wanted[rows] + 1, same, labelled[None] & labelled[:, None] & ~same)
-                loss = segment_contrast(pixels[rows], own[rows], all_protos, sets, relation.concentration)
+                loss = segment_contrast(pixels[rows], own_any[rows], all_protos, sets, relation.concentration)
             terms[name] = loss.mean() if loss.numel() else pixels.new_zeros((), dtype=compute_dtype(pixels))
-        self.bank.append((prototypes.detach(), seg_label, tags.bool(), segments.batch))
+        self.bank.append((batch_protos.detach(), batch_labels, batch_tags, batch_images))
         self.last_terms = {k: v.detach() for k, v in terms.items()}
         return sum(self.relations[k].weight * v for k, v in terms.items())
 

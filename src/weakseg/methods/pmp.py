@@ -30,6 +30,7 @@ from weakseg.data.dataset import DataConfig
 from weakseg.data.rasterize import rasterize_points
 from weakseg.data.sample import Sample
 from weakseg.data.simulate import stable_int
+from weakseg.engine import distributed
 from weakseg.errors import ConfigError, TrainingError
 from weakseg.losses import PartialCrossEntropy
 from weakseg.methods.base import Method, register_method
@@ -89,7 +90,8 @@ class PMP(Method):
         self.criterion = PartialCrossEntropy(class_set.ignore_index)
         self.objects = [c for c in range(class_set.num_classes) if c != class_set.background]
         self.blot_cache: SampleMapCache | None = None
-        self.num_images, self.seen, self.epoch_loss = 1, 0, 0.0
+        self.num_images, self.seen = 1, 0
+        self.epoch_loss: torch.Tensor | float = 0.0  # the epoch's summed loss, kept on the device
 
     def bind(self, data: DataConfig, output_dir: Path, num_images: int) -> None:
         self.num_images = max(1, num_images)
@@ -112,7 +114,7 @@ class PMP(Method):
             group_norm_weight_standardization(model)
 
     def state_dict(self) -> dict:
-        return {"score": self.score.state_dict(), "seen": self.seen, "epoch_loss": self.epoch_loss}
+        return {"score": self.score.state_dict(), "seen": self.seen, "epoch_loss": float(self.epoch_loss)}
 
     def load_state_dict(self, state: dict) -> None:
         if state:
@@ -161,10 +163,11 @@ class PMP(Method):
     def loss(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         target = self.pseudo_masks(outputs["logits"], batch)
         loss = self.criterion(outputs["logits"], target)
-        self.epoch_loss += float(loss.detach())
-        self.seen += target.shape[0]
+        self.epoch_loss = self.epoch_loss + loss.detach().float()  # on the device: no host sync per step
+        self.seen += target.shape[0] * distributed.world_size()  # images of the global batch
         if self.seen >= self.num_images:  # an epoch ended: expand (or shrink) the fields
-            self.score.update(self.epoch_loss)
+            epoch_loss = distributed.all_reduce(torch.as_tensor(self.epoch_loss).clone(), "mean")
+            self.score.update(float(epoch_loss))
             self.seen, self.epoch_loss = 0, 0.0
         labelled = (target != self.class_set.ignore_index).float().mean()
         return loss, {"ce": loss.detach(), "labelled": labelled, "expansion": torch.tensor(self.score.objects)}
