@@ -194,7 +194,7 @@ class Row:
 
 # Recipe keys added after benchmark rows were recorded, left out of the fingerprint at their defaults (which keep
 # the behaviour from before the key existed), so that adding a key does not make every recorded row stale.
-LATER_KEYS = {("train", "norm"): "batch"}
+LATER_KEYS = {("train", "norm"): "batch", ("train", "tensorboard"): True}
 
 
 def _digest(obj: object) -> str:

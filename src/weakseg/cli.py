@@ -1,4 +1,4 @@
-"""The ``weakseg`` command: train | eval | predict | derive-labels | demo."""
+"""The ``weakseg`` command: train | eval | report | export | predict | derive-labels | bench | demo."""
 
 from __future__ import annotations
 
@@ -42,6 +42,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         log.info("stopped after stage %s; outputs in %s", args.until, result.output_dir)
         return 0
     _print_metrics(result.metrics, f"{recipe.method} / {recipe.supervision}")
+    if not args.no_report:
+        from weakseg.engine.run_report import write_run_report
+
+        log.info("report: %s", write_run_report(result.output_dir))
     log.info(
         "checkpoints and metrics in %s (final model %s, %.1f images/s in the last training stage)",
         result.output_dir,
@@ -115,6 +119,14 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
             _print_metrics(metrics, f"{checkpoint} on {split}")
         if seed_metrics:
             metrics["pseudo_labels"] = seed_metrics
+    if not args.no_report and distributed.is_main() and METHODS[recipe.method].trains_decoder:
+        from weakseg.engine.run_report import write_run_report
+
+        run_dir = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else checkpoint.parent
+        title = f"{checkpoint} on {split}"
+        page = write_run_report(run_dir, metrics=metrics, out=run_dir / f"report-{split}.html", title=title,
+                                checkpoint=checkpoint)  # fmt: skip
+        log.info("report: %s", page)
     if args.out and distributed.is_main():
         write_json(args.out, metrics)
     return 0
@@ -131,6 +143,22 @@ def _resolve_checkpoint(path: Path) -> tuple[Path, dict | None]:
             pseudo = path / "pseudo" / "metrics.json"
             return candidate, json.loads(pseudo.read_text()) if pseudo.is_file() else None
     raise WeakSegError(f"{path}: no last.pt here or in {final}/ (is it a finished run folder?)")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from weakseg.engine.export import export_checkpoint, sidecar_path
+
+    checkpoint, _ = _resolve_checkpoint(Path(args.checkpoint))
+    out = export_checkpoint(checkpoint, Path(args.out), args.format, opset=args.opset)
+    log.info("exported %s → %s (and %s)", checkpoint, out, sidecar_path(out))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from weakseg.engine.run_report import write_run_report
+
+    print(write_run_report(Path(args.run_dir), out=args.out, gallery=args.gallery))
+    return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -156,6 +184,7 @@ def cmd_derive_labels(args: argparse.Namespace) -> int:
     from weakseg.data.formats import read_coco_boxes, read_voc_xml_boxes
     from weakseg.data.simulate import LabelProtocol, derive_labels
     from weakseg.engine.recipe import load_recipe
+    from weakseg.errors import DataError
 
     if args.recipe:
         data = load_recipe(args.recipe, [f"data.root={args.root}"] if args.root else []).data
@@ -170,6 +199,8 @@ def cmd_derive_labels(args: argparse.Namespace) -> int:
     if args.boxes:
         path = Path(args.boxes)
         given = read_voc_xml_boxes(path, dataset.class_set.names) if path.is_dir() else read_coco_boxes(path)
+        if not any(rec.image_id in given for rec in dataset.records):  # a wrong file would leave every image boxless
+            raise DataError(path, f"has boxes for none of the {len(dataset)} images of split '{args.split}'")
     protocol = LabelProtocol(
         seed=args.seed,
         min_component_area=args.min_area,
@@ -180,7 +211,14 @@ def cmd_derive_labels(args: argparse.Namespace) -> int:
         include_background=not args.no_background,
     )
     summary = derive_labels(
-        dataset.masks(), dataset.class_set, args.out, args.kinds, protocol, given, progress=not args.quiet
+        dataset.masks(),
+        dataset.class_set,
+        args.out,
+        args.kinds,
+        protocol,
+        given,
+        progress=not args.quiet,
+        given_boxes_source=args.boxes or "given boxes",
     )
     print(protocol.describe(args.kinds, given_boxes=given is not None))
     for kind in args.kinds:
@@ -267,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--stage", help="multi-stage methods: rerun from this stage on (e.g. pseudo), reusing earlier ones")
     p.add_argument("--until", help="multi-stage methods: stop after this stage (e.g. pseudo: only the pseudo-labels)")
+    p.add_argument("--no-report", action="store_true", help="do not write RUN_DIR/report.html at the end")
     common(p)
     p.set_defaults(func=cmd_train)
 
@@ -280,8 +319,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="write the metrics as JSON here")
     p.add_argument("--save-predictions", metavar="DIR", help="write palette PNG predictions here")
+    p.add_argument("--no-report", action="store_true", help="do not write report-<split>.html in the run folder")
     common(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="export a checkpoint's model to ONNX or TorchScript (verified after writing)")
+    p.add_argument("checkpoint", help="a checkpoint or a run folder (its final model)")
+    p.add_argument("--format", default="onnx", choices=("onnx", "torchscript"))
+    p.add_argument("--out", required=True, help="the model file to write (a sidecar <out>.json describes it)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (11–20)")
+    common(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="write a run folder's self-contained HTML report")
+    p.add_argument("run_dir", help="a run folder (single- or multi-stage)")
+    p.add_argument("--out", help="the HTML file (default: RUN_DIR/report.html)")
+    p.add_argument("--gallery", type=int, default=6, help="training images shown (default 6)")
+    common(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("predict", help="write palette PNGs and overlays for images")
     p.add_argument("checkpoint")

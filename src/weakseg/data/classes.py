@@ -58,16 +58,37 @@ class ClassSet:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "class set") -> ClassSet:
+        """A class set from ``{names, palette, background, ignore_index, name}``; a DataError naming ``source``."""
+        names, palette = d.get("names"), d.get("palette")
+        if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+            raise DataError(source, "'names' must be a list of strings (quote names that YAML reads as numbers)")
+        if len(set(names)) != len(names):
+            raise DataError(source, "class names must be unique")
+        if not isinstance(palette, list | tuple) or not all(_is_colour(c) for c in palette):
+            raise DataError(source, "'palette' must be a list of [r, g, b] colours with values in 0..255")
+        background, ignore_index = d.get("background", 0), d.get("ignore_index", IGNORE_INDEX)
+        if background is not None and not _is_int(background):
+            raise DataError(source, f"'background' must be a class id or null, got {background!r}")
+        if not _is_int(ignore_index) or not 0 <= ignore_index <= 255:
+            raise DataError(source, f"'ignore_index' must be an integer in 0..255, got {ignore_index!r}")
         try:
             return cls(
                 name=str(d.get("name", source)),
-                names=tuple(str(n) for n in d["names"]),
-                palette=tuple(tuple(int(v) for v in c) for c in d["palette"]),
-                background=d.get("background", 0),
-                ignore_index=int(d.get("ignore_index", IGNORE_INDEX)),
+                names=tuple(names),
+                palette=tuple(tuple(c) for c in palette),
+                background=background,
+                ignore_index=ignore_index,
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(source, f"invalid class set ({exc}); expected keys names, palette, background") from None
+        except ValueError as exc:
+            raise DataError(source, f"invalid class set: {exc}") from None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_colour(value: object) -> bool:
+    return isinstance(value, list | tuple) and len(value) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in value)
 
 
 def _voc_palette(n: int) -> tuple[tuple[int, int, int], ...]:
@@ -160,10 +181,12 @@ def get_class_set(spec: str | dict | ClassSet) -> ClassSet:
     if not path.is_file():
         raise DataError(spec, f"not a built-in class set ({', '.join(BUILTIN_CLASS_SETS)}) nor a readable file")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         d = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise DataError(path, f"cannot parse class set: {exc}") from None
+        raise DataError(path, f"cannot parse class set: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise DataError(path, "cannot parse class set: nested too deeply") from None
     if not isinstance(d, dict):
         raise DataError(path, "class set file must hold a mapping with names and palette")
     return ClassSet.from_dict(d, source=str(path))

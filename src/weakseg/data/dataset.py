@@ -15,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from weakseg.data import formats
 from weakseg.data.classes import ClassSet, get_class_set
-from weakseg.data.sample import LABEL_FILES, LABEL_KINDS, Sample, check_image_id
-from weakseg.errors import DataError
+from weakseg.data.sample import LABEL_FILES, LABEL_KINDS, Sample, image_id_problem
+from weakseg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,10 @@ class DataConfig:
     def path(self, value: str | None, split: str) -> Path | None:
         if value is None:
             return None
-        p = Path(value.format(split=split))
+        try:
+            p = Path(value.format(split=split))
+        except (KeyError, IndexError, ValueError):
+            raise ConfigError(f"data path {value!r}: only {{split}} may stand in braces") from None
         return p if p.is_absolute() else Path(self.root) / p
 
     def label_path(self, kind: str, split: str) -> Path | None:
@@ -145,7 +147,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
         image_dir = cfg.path(cfg.images, split)
         if image_dir is None or not image_dir.is_dir():
             raise DataError(image_dir, "image folder not found")
-        by_stem = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+        by_stem: dict[str, list[Path]] = {}
+        for p in sorted(image_dir.iterdir()):  # hidden files (macOS ._x.jpg, editors' backups) are not images
+            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
+                by_stem.setdefault(p.stem, []).append(p)
         split_path = cfg.path(cfg.split_file, split)
         if split_path is None:
             ids = sorted(by_stem)
@@ -174,14 +179,23 @@ class SegmentationDataset(torch.utils.data.Dataset):
             raise DataError(scribble_dir or cfg.labels, "scribble folder not found (set data.scribbles or data.labels)")
         records = []
         for image_id in ids:
-            check_image_id(image_id, split_path)
-            if image_id not in by_stem:
+            paths = by_stem.get(image_id, [])
+            problem = image_id_problem(image_id)
+            if not paths:
                 error = DataError(split_path or image_dir, f"image '{image_id}' listed but not found in {image_dir}")
+            elif problem is not None:  # a file of the folder, listed by no split list
+                error = DataError(image_dir, f"file {paths[0].name!r}: {problem}")
+            elif len(paths) > 1:
+                names = ", ".join(p.name for p in paths)
+                error = DataError(image_dir, f"image id {image_id!r} is ambiguous: it names {names}")
+            else:
+                error = None
+            if error is not None:
                 if not cfg.skip_bad:
                     raise error
                 self.skipped.append(str(error))
                 continue
-            rec = Record(image_id, by_stem[image_id])
+            rec = Record(image_id, paths[0])
             if mask_dir is not None:
                 rec.mask_path = mask_dir / f"{image_id}.png"
             if scribble_dir is not None and (scribble_dir / f"{image_id}.png").is_file():
@@ -294,8 +308,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def image_size(self, index: int) -> tuple[int, int]:
         rec = self.records[index]
         if rec.size is None:
-            with Image.open(rec.image_path) as im:
-                rec.size = (im.height, im.width)
+            rec.size = formats.read_image_size(rec.image_path)
         return rec.size
 
     def labelled_pixel_fraction(self, kind: str) -> float:

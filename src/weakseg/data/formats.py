@@ -8,26 +8,29 @@ the same folder, then ``os.replace``) and creates missing parent folders; JSON i
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import os
 import re
 import tempfile
 import xml.etree.ElementTree as ET
 import zlib
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO, Any
 
 import numpy as np
 from PIL import Image
 
-from weakseg.data.sample import clip_boxes, empty_boxes, empty_points
+from weakseg.data.sample import clip_boxes, empty_boxes, empty_points, image_id_problem
 from weakseg.errors import DataError
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 _SINGLE_CHANNEL_MODES = {"L", "P", "I", "I;16", "I;16L", "I;16B"}
 _UNSAFE_XML = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+MAX_CLASS_ID = 255  # label maps are 8-bit
+# Coordinates beyond ±2^24 px are no image's; below it float32 still holds every integer exactly.
+MAX_COORDINATE = 2.0**24
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -76,31 +79,65 @@ def _require_file(path: str | Path) -> Path:
 def _read_json(path: str | Path) -> Any:
     path = _require_file(path)
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        return json.loads(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise DataError(path, "not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise DataError(path, f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except ValueError:  # Python refuses integers of more than 4300 digits
+        raise DataError(path, "malformed JSON: a number has too many digits") from None
+    except RecursionError:
+        raise DataError(path, "malformed JSON: nested too deeply") from None
     except OSError as exc:
         raise DataError(path, f"cannot read: {exc.strerror or exc}") from None
 
 
+def _short(value: Any) -> str:
+    """``repr(value)``, cut to a readable length for an error message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _number(value: Any) -> float | None:
-    """``value`` as a finite float, or None when it is not a finite JSON number."""
+    """``value`` as a float when it is a JSON number (not a bool) within ±``MAX_COORDINATE``, else None."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+    return float(value) if -MAX_COORDINATE <= value <= MAX_COORDINATE else None  # False for NaN
 
 
 def _class_id(value: Any, path: str | Path, where: str) -> int:
-    """An integral, non-negative class id (``3`` or ``3.0``) or a DataError."""
-    number = _number(value)
-    if number is None or not number.is_integer():
-        raise DataError(path, f"{where}: class id {value!r} is not an integer")
-    if number < 0:
-        raise DataError(path, f"{where}: class id {int(number)} is negative")
-    return int(number)
+    """An integral class id in 0..``MAX_CLASS_ID`` (``3`` or ``3.0``) or a DataError."""
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+        raise DataError(path, f"{where}: class id {_short(value)} is not an integer")
+    if value < 0:
+        raise DataError(path, f"{where}: class id {_short(value)} is negative")
+    if value > MAX_CLASS_ID:
+        raise DataError(path, f"{where}: class id {_short(value)} is larger than {MAX_CLASS_ID}")
+    return int(value)
+
+
+def _image_id(key: Any, path: str | Path, where: str = "") -> str:
+    """``key`` when it is a safe image id (see :func:`~weakseg.data.sample.image_id_problem`), else a DataError."""
+    problem = image_id_problem(key)
+    if problem is not None:
+        raise DataError(path, f"{where}{problem}")
+    return key
+
+
+def _image_id_from_name(name: str, path: str | Path, where: str, *, allow_absolute: bool = False) -> str:
+    """The image id of a file name that may carry folders (``JPEGImages/x.jpg`` → ``x``), or a DataError.
+
+    Only the stem is used, but a name that climbs out of its folder (``..``) or holds a NUL is refused, as is an
+    absolute path unless ``allow_absolute`` (split lists of DeepLab and SegNet start with ``/``).
+    """
+    if "\0" in name:
+        raise DataError(path, f"{where}file name {_short(name)} holds a NUL character")
+    posix = name.replace("\\", "/")
+    if ".." in posix.split("/"):
+        raise DataError(path, f"{where}file name {_short(name)} climbs out of its folder ('..')")
+    if not allow_absolute and (posix.startswith("/") or PureWindowsPath(name).is_absolute()):
+        raise DataError(path, f"{where}file name {_short(name)} is an absolute path")
+    return _image_id(PurePosixPath(posix).stem, path, where)
 
 
 def _json_number(value: float) -> int | float:
@@ -115,19 +152,25 @@ def _expect_mapping(obj: Any, path: str | Path, what: str) -> dict:
     return obj
 
 
-def _open_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image (so truncated files fail here), or raise DataError."""
-    path = _require_file(path)
+@contextlib.contextmanager
+def _decoding(path: Path) -> Iterator[None]:
+    """Turn the errors of opening or decoding the image ``path`` into DataErrors."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.copy()
+        yield
     except Image.UnidentifiedImageError:
         raise DataError(path, "not a recognised image file") from None
     except Image.DecompressionBombError:
         raise DataError(path, "image is too large (decompression bomb check)") from None
     except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as exc:
         raise DataError(path, f"unreadable image: {exc}") from None
+
+
+def _open_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image (so truncated files fail here), or raise DataError."""
+    path = _require_file(path)
+    with _decoding(path), Image.open(path) as img:
+        img.load()
+        return img.copy()
 
 
 # --------------------------------------------------------------------------------------- images, masks
@@ -141,6 +184,13 @@ def read_image(path: str | Path) -> np.ndarray:
     except (ValueError, OSError) as exc:
         raise DataError(path, f"cannot convert {img.mode} image to RGB: {exc}") from None
     return np.array(rgb, dtype=np.uint8)
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image, from its header alone, or a DataError."""
+    path = _require_file(path)
+    with _decoding(path), Image.open(path) as img:
+        return img.height, img.width
 
 
 def _rgb_to_index(rgb: np.ndarray, palette: np.ndarray, path: str | Path) -> np.ndarray:
@@ -222,11 +272,12 @@ def write_label_png(path: str | Path, label: np.ndarray, palette: np.ndarray | N
 def read_split_list(path: str | Path) -> list[str]:
     """Image ids, one per line; blank lines and ``#`` comments skipped.
 
-    A line ``JPEGImages/x.jpg SegmentationClass/x.png`` (or a bare file name) gives the stem ``x``.
+    A line ``JPEGImages/x.jpg SegmentationClass/x.png`` (or a bare file name, or an absolute path as in DeepLab's
+    and SegNet's lists) gives the stem ``x``. Ids that are not safe file names, and paths with ``..``, are refused.
     """
     path = _require_file(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError:
         raise DataError(path, "not UTF-8 text") from None
     except OSError as exc:
@@ -238,8 +289,11 @@ def read_split_list(path: str | Path) -> list[str]:
         if not line or line.startswith("#"):
             continue
         token = line.split()[0]
-        if "/" in token or "\\" in token or Path(token).suffix.lower() in _IMAGE_SUFFIXES:
-            token = Path(token.replace("\\", "/")).stem
+        where = f"line {lineno}: "
+        if "/" in token or "\\" in token or PurePosixPath(token).suffix.lower() in _IMAGE_SUFFIXES:
+            token = _image_id_from_name(token, path, where, allow_absolute=True)
+        else:
+            token = _image_id(token, path, where)
         if token in seen:
             raise DataError(path, f"image id {token!r} listed twice (lines {seen[token]} and {lineno})")
         seen[token] = lineno
@@ -254,6 +308,7 @@ def read_tags_json(path: str | Path) -> dict[str, np.ndarray]:
     data = _expect_mapping(_read_json(path), path, "{image_id: [class ids]}")
     tags = {}
     for image_id, ids in data.items():
+        _image_id(image_id, path)
         if not isinstance(ids, list):
             raise DataError(path, f"image {image_id}: expected a list of class ids, got {type(ids).__name__}")
         values = [_class_id(v, path, f"image {image_id}") for v in ids]
@@ -272,39 +327,59 @@ def write_tags_json(path: str | Path, tags: Mapping[str, Sequence[int]]) -> None
 def read_coco_boxes(path: str | Path, *, include_ignored: bool = True) -> dict[str, np.ndarray]:
     """COCO boxes as ``{file_name stem: N×5 float32 [x0, y0, x1, y1, class_id]}``.
 
-    ``category_id`` is the class id (VOC convention 1..20). Images without annotations map to an empty array;
-    ``include_ignored=False`` drops annotations flagged ``ignore`` or ``iscrowd``.
+    ``category_id`` is the class id (VOC convention 1..20) and must be one of ``categories`` when the file lists
+    them. Images without annotations map to an empty array; ``include_ignored=False`` drops annotations flagged
+    ``ignore`` or ``iscrowd``. Box geometry (area, inside the image) is checked by :func:`validate_boxes`.
     """
     data = _expect_mapping(_read_json(path), path, "with 'images' and 'annotations'")
     images, annotations = data.get("images"), data.get("annotations")
     if not isinstance(images, list) or not isinstance(annotations, list):
         raise DataError(path, "COCO file needs 'images' and 'annotations' lists")
-    stems: dict[Any, str] = {}
+    categories = _coco_categories(data, path)
+    stems: dict[int | str, str] = {}
     rows: dict[str, list[list[float]]] = {}
     for i, image in enumerate(images):
         if not isinstance(image, dict) or "id" not in image or not isinstance(image.get("file_name"), str):
             raise DataError(path, f"images[{i}] needs an 'id' and a 'file_name'")
-        stem = Path(image["file_name"].replace("\\", "/")).stem
+        if not _is_coco_id(image["id"]):
+            raise DataError(path, f"images[{i}]: id {_short(image['id'])} is not an integer or a string")
+        stem = _image_id_from_name(image["file_name"], path, f"images[{i}]: ")
         if image["id"] in stems or stem in rows:
-            raise DataError(path, f"images[{i}]: duplicate image id {image['id']!r} or file name {stem!r}")
+            raise DataError(path, f"images[{i}]: duplicate image id {_short(image['id'])} or file name {stem!r}")
         stems[image["id"]] = stem
         rows[stem] = []
     for i, ann in enumerate(annotations):
         where = f"annotations[{i}]"
         if not isinstance(ann, dict) or not {"image_id", "category_id", "bbox"} <= ann.keys():
             raise DataError(path, f"{where} needs 'image_id', 'category_id' and 'bbox'")
-        if ann["image_id"] not in stems:
-            raise DataError(path, f"{where} refers to unknown image_id {ann['image_id']!r}")
+        if not _is_coco_id(ann["image_id"]) or ann["image_id"] not in stems:
+            raise DataError(path, f"{where} refers to unknown image_id {_short(ann['image_id'])}")
         bbox = ann["bbox"]
         xywh = [_number(v) for v in bbox] if isinstance(bbox, list) and len(bbox) == 4 else [None]
         if any(v is None for v in xywh):
-            raise DataError(path, f"{where}: bbox {bbox!r} is not a list of 4 finite numbers [x, y, w, h]")
+            limit = f"within ±{MAX_COORDINATE:.0f}"
+            raise DataError(path, f"{where}: bbox {_short(bbox)} is not a list of 4 finite numbers ({limit})")
         class_id = _class_id(ann["category_id"], path, where)
-        if not include_ignored and (ann.get("ignore") or ann.get("iscrowd")):
-            continue
-        x, y, w, h = xywh
-        rows[stems[ann["image_id"]]].append([x, y, x + w, y + h, class_id])
+        if categories is not None and class_id not in categories:
+            raise DataError(path, f"{where}: category_id {class_id} is not one of the file's categories")
+        if include_ignored or not (ann.get("ignore") or ann.get("iscrowd")):
+            x, y, w, h = xywh
+            rows[stems[ann["image_id"]]].append([x, y, x + w, y + h, class_id])
     return {k: np.asarray(v, dtype=np.float32).reshape(-1, 5) for k, v in rows.items()}
+
+
+def _is_coco_id(value: Any) -> bool:
+    return isinstance(value, int | str) and not isinstance(value, bool)
+
+
+def _coco_categories(data: dict, path: str | Path) -> set[int] | None:
+    """The category ids a COCO file declares (None when it has no ``categories``)."""
+    if "categories" not in data:
+        return None
+    categories = data["categories"]
+    if not isinstance(categories, list) or not all(isinstance(c, dict) and "id" in c for c in categories):
+        raise DataError(path, "'categories' must be a list of objects with an 'id'")
+    return {_class_id(c["id"], path, f"categories[{i}]") for i, c in enumerate(categories)}
 
 
 def write_coco_boxes(
@@ -354,26 +429,29 @@ def _read_voc_xml(path: Path, class_ids: Mapping[str, int], include_difficult: b
         raise DataError(path, "DOCTYPE/ENTITY declarations are not allowed in annotation XML")
     try:
         root = ET.fromstring(raw)
-    except ET.ParseError as exc:
+    except (ET.ParseError, LookupError, ValueError) as exc:  # LookupError, ValueError: an unknown encoding
         raise DataError(path, f"malformed XML: {exc}") from None
     if root.tag != "annotation":
-        raise DataError(path, f"root element is <{root.tag}>, expected a VOC <annotation>")
+        raise DataError(path, f"root element is <{_short(root.tag)}>, expected a VOC <annotation>")
     filename = _xml_text(root, "filename")
-    image_id = Path(filename.replace("\\", "/")).stem if filename else path.stem
+    image_id = _image_id_from_name(filename or path.name, path, "<filename>: " if filename else "")
     rows = []
     for i, obj in enumerate(root.iter("object")):
         name = _xml_text(obj, "name")
         if name not in class_ids:
-            raise DataError(path, f"object {i}: unknown class name {name!r}")
+            raise DataError(path, f"object {i}: unknown class name {_short(name)}")
         difficult = _xml_text(obj, "difficult")
         if not include_difficult and difficult not in (None, "", "0"):
             continue
         bndbox = obj.find("bndbox")
         coords = [None if bndbox is None else _xml_text(bndbox, t) for t in ("xmin", "ymin", "xmax", "ymax")]
         try:
-            xmin, ymin, xmax, ymax = (float(v) for v in coords)  # type: ignore[arg-type]
+            corners = [_number(float(v)) for v in coords]  # type: ignore[arg-type]
         except (TypeError, ValueError):
-            raise DataError(path, f"object {i} ({name}): bndbox needs numeric xmin ymin xmax ymax") from None
+            corners = [None]
+        if any(v is None for v in corners):
+            raise DataError(path, f"object {i} ({name}): bndbox needs finite numbers xmin ymin xmax ymax")
+        xmin, ymin, xmax, ymax = corners
         rows.append([xmin - 1, ymin - 1, xmax, ymax, class_ids[name]])
     return image_id, np.asarray(rows, dtype=np.float32).reshape(-1, 5)
 
@@ -384,12 +462,13 @@ def read_voc_xml_boxes(
     """VOC XML boxes from a folder of ``*.xml`` (or one file) as ``{image_id: N×5 float32}``.
 
     VOC corners are 1-based inclusive pixels, so ``x0 = xmin − 1`` and ``x1 = xmax`` (continuous coordinates).
+    Box geometry (area, inside the image) is checked by :func:`validate_boxes`.
     """
     path = Path(path)
     if path.is_dir():
         if (path / "Annotations").is_dir():
             path = path / "Annotations"
-        files = sorted(path.glob("*.xml"))
+        files = sorted(p for p in path.glob("*.xml") if not p.name.startswith("."))  # macOS ._x.xml are not XML
         if not files:
             raise DataError(path, "folder holds no .xml annotation files")
     else:
@@ -412,13 +491,15 @@ def read_points_json(path: str | Path) -> dict[str, np.ndarray]:
     data = _expect_mapping(_read_json(path), path, "{image_id: [[x, y, class_id], ...]}")
     points = {}
     for image_id, entries in data.items():
+        _image_id(image_id, path)
         if not isinstance(entries, list):
             raise DataError(path, f"image {image_id}: expected a list of [x, y, class_id]")
         rows = []
         for j, entry in enumerate(entries):
             xy = [_number(v) for v in entry[:2]] if isinstance(entry, list) and len(entry) == 3 else [None]
             if any(v is None for v in xy):
-                raise DataError(path, f"image {image_id}: point {j} {entry!r} is not [x, y, class_id]")
+                limit = f"x, y within ±{MAX_COORDINATE:.0f}"
+                raise DataError(path, f"image {image_id}: point {j} {_short(entry)} is not [x, y, class_id] ({limit})")
             rows.append([*xy, _class_id(entry[2], path, f"image {image_id}, point {j}")])
         points[image_id] = np.asarray(rows, dtype=np.float32).reshape(-1, 3)
     return points

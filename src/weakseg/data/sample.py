@@ -100,8 +100,34 @@ def clip_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
+MAX_IMAGE_ID_BYTES = 200  # leaves room for the suffixes of output files within the usual 255-byte name limit
+
+
+def image_id_problem(image_id: object) -> str | None:
+    """Why ``image_id`` cannot name an output file (``<folder>/<image_id>.png``), or None when it can.
+
+    An id must be a non-empty, printable string without path separators that does not start with ``.`` (so neither
+    ``..`` nor a hidden file), at most ``MAX_IMAGE_ID_BYTES`` bytes in UTF-8.
+    """
+    if not isinstance(image_id, str) or not image_id:
+        return f"image id {image_id!r} is not a safe file name: it is empty or not a string"
+    if "/" in image_id or "\\" in image_id:
+        reason = "it holds a path separator"
+    elif image_id.startswith("."):
+        reason = "it starts with '.'"
+    elif not image_id.isprintable():
+        reason = "it holds a control, format or invalid character"
+    elif len(image_id.encode("utf-8")) > MAX_IMAGE_ID_BYTES:
+        reason = f"it is longer than {MAX_IMAGE_ID_BYTES} bytes"
+    else:
+        return None
+    shown = image_id if len(image_id) <= 40 else image_id[:37] + "..."
+    return f"image id {shown!r} is not a safe file name: {reason}"
+
+
 def check_image_id(image_id: str, source: object = None) -> str:
-    """Reject image ids that could escape an output folder when used as file names."""
-    if not image_id or image_id in (".", "..") or any(c in image_id for c in "/\\\0") or image_id.startswith("."):
-        raise DataError(source, f"image id {image_id!r} is not a safe file name")
+    """Reject image ids that could escape an output folder (or fail) when used as file names."""
+    problem = image_id_problem(image_id)
+    if problem is not None:
+        raise DataError(source, problem)
     return image_id

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from weakseg.data.classes import ClassSet
 from weakseg.data.formats import (
+    read_coco_boxes,
     read_points_json,
     read_tags_json,
     validate_boxes,
@@ -271,6 +272,7 @@ def derive_labels(
     protocol: LabelProtocol,
     given_boxes: Mapping[str, np.ndarray] | None = None,
     progress: bool = True,
+    given_boxes_source: str | Path = "given boxes",
 ) -> dict:
     """Simulate the requested weak-label kinds for every (image_id, mask) and write them into ``out_dir``.
 
@@ -278,7 +280,7 @@ def derive_labels(
     and ``protocol.json``; returns the summary (counts per kind and labelled-pixel fractions, pooled over
     images).
     ``given_boxes`` replaces derived boxes (for the boxes file and for ``"box-centres"`` points); images it
-    lacks have no boxes.
+    lacks have no boxes. ``given_boxes_source`` (their file) is named in errors about them.
     """
     unknown = set(kinds) - set(LABEL_KINDS)
     if unknown or not kinds:
@@ -312,7 +314,7 @@ def derive_labels(
             else:
                 given = given_boxes.get(image_id, empty_boxes())
                 boxes[image_id] = validate_boxes(
-                    given, *mask.shape, class_set.num_classes, "given boxes", image_id=image_id
+                    given, *mask.shape, class_set.num_classes, given_boxes_source, image_id=image_id
                 )
         if "points" in kinds:
             rng = image_rng(protocol.seed, image_id, "points")
@@ -375,12 +377,14 @@ def mix_labels(source: str | Path, out_dir: str | Path, kinds: Sequence[str], se
         raise DataError(source, f"mixed labels need {', '.join(missing)}")
     tags = read_tags_json(files["tags"]) if "tags" in files else {}
     points = read_points_json(files["points"]) if "points" in files else {}
-    coco = json.loads(files["boxes"].read_text()) if "boxes" in files else None
-    ids: set[str] = set(tags) | set(points)
-    if coco is not None:
-        ids |= {Path(image["file_name"]).stem for image in coco["images"]}
+    boxes = read_coco_boxes(files["boxes"]) if "boxes" in files else {}  # checks the file: one id per image
+    ids: set[str] = set(tags) | set(points) | set(boxes)
     if "scribbles" in files:
-        ids |= {path.stem for path in files["scribbles"].glob("*.png")}
+        ids |= {
+            check_image_id(path.stem, path)
+            for path in files["scribbles"].glob("*.png")
+            if not path.name.startswith(".")  # hidden files (macOS ._x.png) are not scribbles
+        }
     order = sorted(ids)
     rng = np.random.default_rng([seed, stable_int("mixed")])
     assignment = {order[i]: kinds[n % len(kinds)] for n, i in enumerate(rng.permutation(len(order)))}
@@ -389,8 +393,9 @@ def mix_labels(source: str | Path, out_dir: str | Path, kinds: Sequence[str], se
         write_tags_json(out_dir / "tags.json", {i: tags[i].tolist() for i in sorted(chosen["tags"]) if i in tags})
     if "points" in files:
         write_points_json(out_dir / "points.json", {i: points[i] for i in sorted(chosen["points"]) if i in points})
-    if coco is not None:
-        keep = {image["id"] for image in coco["images"] if Path(image["file_name"]).stem in chosen["boxes"]}
+    if "boxes" in files:
+        coco = json.loads(files["boxes"].read_text(encoding="utf-8-sig"))
+        keep = {image["id"] for image, stem in zip(coco["images"], boxes, strict=True) if stem in chosen["boxes"]}
         write_json(out_dir / "boxes_coco.json", {
             **coco,
             "images": [image for image in coco["images"] if image["id"] in keep],

@@ -26,7 +26,7 @@ from weakseg.engine.device import select_device
 from weakseg.engine.evaluator import evaluate
 from weakseg.engine.pseudo_labels import make_pseudo_labels
 from weakseg.engine.recipe import Recipe
-from weakseg.engine.trainer import RESUME_INVARIANTS, Trainer, load_model_from_checkpoint
+from weakseg.engine.trainer import LAST, RESUME_INVARIANTS, Trainer, load_model_from_checkpoint
 from weakseg.errors import ConfigError, DataError, TrainingError
 from weakseg.methods import build_method
 
@@ -81,7 +81,7 @@ class Pipeline:
         return from_dict(Recipe, data).check()
 
     def final_checkpoint(self) -> Path:
-        return self.stage_dir(self.stages[-1]) / "last.pt"
+        return self.stage_dir(self.stages[-1]) / LAST
 
     # ------------------------------------------------------------------ completion
     def finished(self, name: str) -> bool:
@@ -101,12 +101,12 @@ class Pipeline:
         return all(saved.get(k) == current.get(k) for k in (*RESUME_INVARIANTS, "train"))
 
     def _pseudo_fingerprint(self) -> dict:
-        return {"pseudo": to_dict(self.recipe.pseudo), "checkpoint": str(self.stage_dir(self.stages[0]) / "last.pt")}
+        return {"pseudo": to_dict(self.recipe.pseudo), "checkpoint": str(self.stage_dir(self.stages[0]) / LAST)}
 
     def _relabel_fingerprint(self) -> dict:
         before = self.stages[self.stages.index(RELABEL_STAGE) - 1]
         eval_cfg = to_dict(self.stage_recipe(RELABEL_STAGE).eval)
-        return {"eval": eval_cfg, "checkpoint": str(self.stage_dir(before) / "last.pt")}
+        return {"eval": eval_cfg, "checkpoint": str(self.stage_dir(before) / LAST)}
 
     # ------------------------------------------------------------------ running
     def run(self, *, resume: bool = False, start: str | None = None, until: str | None = None) -> PipelineResult:
@@ -151,7 +151,7 @@ class Pipeline:
     def run_pseudo_labels(self) -> dict:
         """CAMs of the training split → ``pseudo/labels/*.png`` and ``pseudo/metrics.json``."""
         folder = self.stage_dir(PSEUDO_STAGE)
-        checkpoint = self.stage_dir(self.stages[0]) / "last.pt"
+        checkpoint = self.stage_dir(self.stages[0]) / LAST
         device = select_device(self.recipe.train.device)
         model, _, state = load_model_from_checkpoint(checkpoint, device)
         dataset = pseudo_label_dataset(self.recipe, self.recipe.data.train_split)

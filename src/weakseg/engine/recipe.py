@@ -37,6 +37,7 @@ class TrainConfig:
     # Batch norm across processes (torchrun): batch (statistics of each process's share of the batch), sync
     # (SyncBatchNorm: of the global batch; CUDA only) or frozen (running statistics; affine parameters still train).
     norm: str = "batch"
+    tensorboard: bool = True  # TensorBoard event files in <output_dir>/tensorboard (metrics.csv is always written)
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,17 +21,19 @@ from weakseg.data.formats import write_json
 from weakseg.data.loader import AugmentedDataset, PreparedTransform, StepSampler, collate
 from weakseg.data.transforms import JointTransform
 from weakseg.engine import distributed
-from weakseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from weakseg.engine.checkpoint import load_checkpoint, load_latest_good, previous_path, save_checkpoint
 from weakseg.engine.config import to_dict
 from weakseg.engine.device import amp_dtype, autocast, move_batch, normalize, select_device
 from weakseg.engine.evaluator import evaluate
 from weakseg.engine.recipe import Recipe
+from weakseg.engine.run_log import RunLog
 from weakseg.errors import ConfigError, TrainingError
 from weakseg.methods import Method, build_method
 from weakseg.models import SegmentationModel, build_model
 
 log = logging.getLogger(__name__)
 
+LAST = "last.pt"  # the checkpoint a run resumes from
 # Recipe sections a resumed run must share with the checkpoint (the schedule may be extended).
 RESUME_INVARIANTS = ("method", "supervision", "method_args", "model", "data", "augment")
 
@@ -77,6 +80,21 @@ def set_train_mode(model: nn.Module, norm: str) -> None:
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
+
+
+def check_free_space(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Fail before training starts when the output folder's disk cannot hold the run's checkpoints: ``last.pt``,
+    the one it replaces, ``best.pt`` and a temporary copy while one is written (weights + optimizer state each)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    weight_bytes = sum(t.numel() * t.element_size() for t in tensors)
+    slots = 2 if isinstance(optimizer, torch.optim.AdamW) else 1  # AdamW: two moments; SGD: momentum
+    needed = 4 * weight_bytes * (1 + slots) + 2**20
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise TrainingError(
+            f"{folder}: only {free / 2**20:.0f} MB free on its disk; the run's checkpoints need about "
+            f"{needed / 2**20:.0f} MB. Free some space or set output_dir to another disk"
+        )
 
 
 @dataclass
@@ -134,9 +152,11 @@ class Trainer:
                 find_unused_parameters=not self.method.trains_decoder,
             )
         self.optimizer = self._optimizer()
+        check_free_space(self.out, self.model, self.optimizer)
         self.step = 0
         self.best_score = -1.0
         self.history: list[dict] = []
+        self.run_log: RunLog | None = None
 
     def _val_set(self) -> SegmentationDataset | None:
         data = self.recipe.data
@@ -174,15 +194,19 @@ class Trainer:
     def save(self, name: str) -> None:
         """Rank 0 writes the checkpoint; every process waits for it."""
         if distributed.is_main():
-            save_checkpoint(self.state(), self.out / name)
+            save_checkpoint(self.state(), self.out / name, keep_previous=name == LAST)
         distributed.barrier()
 
     def resume(self, path: Path | None = None) -> bool:
-        """Restore from ``path`` (default: the output folder's ``last.pt``); False if there is none."""
-        path = path or self.out / "last.pt"
-        if not path.is_file():
-            return False
-        state = load_checkpoint(path)
+        """Restore from ``path`` (default: the output folder's ``last.pt``, or the one before it when that is corrupt);
+        False if there is none."""
+        if path is None:
+            path = self.out / LAST
+            if not path.is_file() and not previous_path(path).is_file():
+                return False
+            state, path = load_latest_good(path)
+        else:
+            state = load_checkpoint(path)
         saved, current = state["recipe"], to_dict(self.recipe)
         changed = [k for k in RESUME_INVARIANTS if saved.get(k) != current.get(k)]
         if changed:
@@ -246,7 +270,7 @@ class Trainer:
         if bool(distributed.all_reduce(nonfinite.float(), "max")):
             raise TrainingError(
                 f"non-finite loss ({float(loss)}) by step {self.step}; stopped without saving. Lower train.lr, "
-                f"set train.max_grad_norm, or check the labels. Last good checkpoint: {self.out / 'last.pt'}"
+                f"set train.max_grad_norm, or check the labels. Last good checkpoint: {self.out / LAST}"
             )
 
     def fit(self, until: int | None = None) -> TrainResult:
@@ -260,10 +284,24 @@ class Trainer:
         set_train_mode(self.model, t.norm)
         if distributed.is_main():
             self._write_run_files()
+            self.run_log = RunLog(self.out, self.step, tensorboard=t.tensorboard)
+        start_step, wall_start = self.step, time.perf_counter()
+        try:
+            self._train_until(stop)
+            train_wall = time.perf_counter() - wall_start
+            images_per_s = t.batch_size * (self.step - start_step) / max(train_wall, 1e-9)
+            metrics = self._finish(images_per_s) if self.step == t.steps else {}
+        finally:
+            if self.run_log is not None:
+                self.run_log.close()
+                self.run_log = None
+        return TrainResult(self.out, self.step, metrics, images_per_s, time.perf_counter() - wall_start)
+
+    def _train_until(self, stop: int) -> None:
+        t = self.recipe.train
         start_step, wall_start = self.step, time.perf_counter()
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         bar = tqdm(total=t.steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
-        loss = torch.zeros(())
         for batch in self._loader():
             lr = self._set_lr()
             loss, terms = self.train_step(batch)
@@ -275,30 +313,36 @@ class Trainer:
                 self._guard(nonfinite, loss)
                 row = {"step": self.step, "lr": lr, **self._mean_over_processes({"loss": loss, **terms})}
                 row["images_per_s"] = t.batch_size * (self.step - start_step) / (time.perf_counter() - wall_start)
-                self.history.append(row)
+                self._record(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}", lr=f"{lr:.2e}")
             if self.val_set is not None and t.val_every and self.step % t.val_every == 0 and self.step < t.steps:
                 self._validate()
             if self.step % t.ckpt_every == 0 or done:
                 self._guard(nonfinite, loss)
-                self.save("last.pt")
+                self.save(LAST)
             if done:
                 break
         bar.close()
-        train_wall = time.perf_counter() - wall_start
-        images_per_s = t.batch_size * (self.step - start_step) / max(train_wall, 1e-9)
+
+    def _finish(self, images_per_s: float) -> dict:
+        """The end of training: final validation, ``last.pt`` and ``metrics.json``."""
         metrics = {}
-        if self.step == t.steps:
-            if self.val_set is not None:
-                metrics = self._validate()
-                self.save("last.pt")
-            if distributed.is_main():
-                summary = {**metrics, "step": self.step, "train_images_per_s": images_per_s, "processes": self.world}
-                if self.device.type == "cuda":
-                    summary["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-                write_json(self.out / "metrics.json", summary)
-            distributed.barrier()
-        return TrainResult(self.out, self.step, metrics, images_per_s, time.perf_counter() - wall_start)
+        if self.val_set is not None:
+            metrics = self._validate()
+            self.save(LAST)
+        if distributed.is_main():
+            summary = {**metrics, "step": self.step, "train_images_per_s": images_per_s, "processes": self.world}
+            if self.device.type == "cuda":
+                summary["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+            write_json(self.out / "metrics.json", summary)
+        distributed.barrier()
+        return metrics
+
+    def _record(self, row: dict) -> None:
+        """A logged row: into the history (saved in checkpoints) and, on rank 0, ``metrics.csv`` and TensorBoard."""
+        self.history.append(row)
+        if self.run_log is not None:
+            self.run_log.write(row)
 
     def _validate(self) -> dict:
         metrics = evaluate(
@@ -311,7 +355,7 @@ class Trainer:
         )
         set_train_mode(self.model, self.recipe.train.norm)
         log.info("step %d: val mIoU %.4f, boundary F %.4f", self.step, metrics["miou"], metrics["boundary_f"])
-        self.history.append({"step": self.step, "val_miou": metrics["miou"], "val_boundary_f": metrics["boundary_f"]})
+        self._record({"step": self.step, "val_miou": metrics["miou"], "val_boundary_f": metrics["boundary_f"]})
         if metrics["miou"] > self.best_score:
             self.best_score = metrics["miou"]
             self.save("best.pt")
