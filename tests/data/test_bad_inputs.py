@@ -485,6 +485,7 @@ def image_files(draw: st.DrawFn) -> tuple[bytes, str, np.ndarray, str, str]:
     return damage(encode(img, fmt)), suffix, rgb if mode == "RGB" else None, fmt, damage.__qualname__
 
 
+@pytest.mark.filterwarnings("ignore:(Truncated File Read|Corrupt EXIF data):UserWarning")  # PIL, on the junk TIFFs
 @FUZZ
 @given(image_files())
 def test_read_image(case: tuple) -> None:
