@@ -1,4 +1,5 @@
-"""``weakseg demo``: generate a dataset, simulate weak labels, train full and pCE (points, scribbles), report."""
+"""``weakseg demo``: generate a dataset, simulate weak labels, train full and pCE (points, scribbles), report (a table
+and an HTML page per run)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from weakseg.engine.device import select_device
 from weakseg.engine.metrics import format_table
 from weakseg.engine.predict import predict_files
 from weakseg.engine.recipe import load_recipe
+from weakseg.engine.run_report import write_run_report
 from weakseg.engine.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ def run_demo(out: Path, *, steps: int | None = None, progress: bool = True, num_
         log.info("demo: training %s on %s", recipe.method, supervision)
         trainer = Trainer(recipe, progress=progress)
         result = trainer.fit()
+        write_run_report(trainer.out)
         rows.append(
             {
                 "method": recipe.method,
@@ -86,5 +89,8 @@ def run_demo(out: Path, *, steps: int | None = None, progress: bool = True, num_
     (out / "results.txt").write_text(table + f"\ntotal time {total:.0f} s\n")
     write_json(out / "results.json", {"rows": rows, "total_s": total})
     print(table)
-    print(f"demo finished in {total:.0f} s; predictions and overlays in {out / 'predictions'}")
+    print(
+        f"demo finished in {total:.0f} s; predictions and overlays in {out / 'predictions'}, "
+        f"a report per run in {out / 'runs'}/*/report.html"
+    )
     return rows
