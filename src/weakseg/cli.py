@@ -35,7 +35,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe = load_recipe(recipes, overrides)
     with distributed_run(recipe.train.device):
         result = Pipeline(recipe, progress=not args.quiet).run(resume=args.resume, start=args.stage, until=args.until)
-    if os.environ.get("RANK", "0") != "0":
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return 0
     _print_pseudo_metrics(result.metrics.get("pseudo_labels"))
     if not result.final_checkpoint.is_file():  # --until stopped before the last stage
@@ -134,15 +134,12 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
 
 def _resolve_checkpoint(path: Path) -> tuple[Path, dict | None]:
     """A checkpoint file, or a run folder: its final model (the last stage's) and its pseudo-label scores."""
+    from weakseg.engine.pipeline import final_checkpoint
+
     if not path.is_dir():
         return path, None
-    summary = path / "metrics.json"
-    final = json.loads(summary.read_text()).get("final_stage", "seg") if summary.is_file() else "seg"
-    for candidate in (path / "last.pt", path / final / "last.pt"):
-        if candidate.is_file():
-            pseudo = path / "pseudo" / "metrics.json"
-            return candidate, json.loads(pseudo.read_text()) if pseudo.is_file() else None
-    raise WeakSegError(f"{path}: no last.pt here or in {final}/ (is it a finished run folder?)")
+    pseudo = path / "pseudo" / "metrics.json"
+    return final_checkpoint(path), json.loads(pseudo.read_text()) if pseudo.is_file() else None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -404,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.quiet or os.environ.get("RANK", "0") != "0")  # under torchrun, rank 0 logs
+    # Under torchrun rank 0 logs; read from the environment so that `weakseg` starts without importing torch.
+    _setup_logging(args.quiet or os.environ.get("RANK", "0") != "0")
     try:
         return args.func(args)
     except WeakSegError as exc:

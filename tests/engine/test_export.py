@@ -40,28 +40,12 @@ def checkpoint(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tiny checkpoint exported in both formats (ONNX only where onnx and onnxruntime are installed)."""
+    """The tiny checkpoint exported in both formats."""
     out = tmp_path_factory.mktemp("exported")
-    formats = FORMATS if _has_onnxruntime() else ("torchscript",)
     return {
         fmt: export_checkpoint(checkpoint, out / f"model{SUFFIX[fmt]}", fmt, example_size=EXAMPLE_SIZE)
-        for fmt in formats
+        for fmt in FORMATS
     }
-
-
-def _has_onnxruntime() -> bool:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _exported(exported: dict[str, Path], fmt: str) -> Path:
-    if fmt not in exported:
-        pytest.skip("onnx / onnxruntime not installed")
-    return exported[fmt]
 
 
 def _run(path: Path, fmt: str, images: torch.Tensor) -> torch.Tensor:
@@ -105,13 +89,13 @@ def test_exported_model_matches_pytorch_on_generated_images(
 ) -> None:
     images = _shapes_images(shapes)  # a batch of 3 (the trace saw 1), 64×64 (it saw 96×96)
     assert images.shape[0] == 3 and images.shape[-2:] != (EXAMPLE_SIZE, EXAMPLE_SIZE)
-    _assert_parity(_run(_exported(exported, fmt), fmt, images), _reference(checkpoint, images))
+    _assert_parity(_run(exported[fmt], fmt, images), _reference(checkpoint, images))
 
 
 @needs_voc454
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_exported_model_matches_pytorch_on_voc_photos(checkpoint: Path, exported: dict[str, Path], fmt: str) -> None:
-    path = _exported(exported, fmt)
+    path = exported[fmt]
     photos = _batch(sorted((SHARED_DATA / "voc454" / "JPEGImages").glob("*.jpg"))[:2])
     assert photos.shape == (2, 3, 375, 500)  # voc454's photos are all 500×375
     for images in (photos, photos[:1].transpose(2, 3).contiguous()):  # landscape pair, then one portrait
@@ -120,7 +104,7 @@ def test_exported_model_matches_pytorch_on_voc_photos(checkpoint: Path, exported
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_sidecar_describes_the_model(checkpoint: Path, exported: dict[str, Path], fmt: str) -> None:
-    path = _exported(exported, fmt)
+    path = exported[fmt]
     meta = json.loads(sidecar_path(path).read_text())
     state = load_checkpoint(checkpoint)
     assert meta["file"] == path.name and meta["format"] == fmt and meta["step"] == 1
@@ -144,8 +128,6 @@ def test_a_forward_that_loops_over_the_batch_is_exported_per_image(
     shapes: Path, spml_checkpoint: Path, tmp_path: Path, fmt: str
 ) -> None:
     """SPML's random walk runs image by image in Python: a plain trace would keep only the example's one image."""
-    if fmt == "onnx" and not _has_onnxruntime():
-        pytest.skip("onnx / onnxruntime not installed")
     path = export_checkpoint(spml_checkpoint, tmp_path / f"spml{SUFFIX[fmt]}", fmt, example_size=EXAMPLE_SIZE)
     assert json.loads(sidecar_path(path).read_text())["batching"] == "per-image"
     images = _shapes_images(shapes)
@@ -160,7 +142,7 @@ def _fixes_no_device(path: Path) -> bool:
 
 
 def test_the_torchscript_file_fixes_no_device(exported: dict[str, Path]) -> None:
-    assert _fixes_no_device(_exported(exported, "torchscript"))
+    assert _fixes_no_device(exported["torchscript"])
 
 
 def test_a_model_that_does_not_reproduce_pytorch_is_not_written(

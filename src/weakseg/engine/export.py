@@ -118,13 +118,11 @@ def _script(
 
 def _onnx(
     module: torch.jit.ScriptModule, example: Tensor, probe: Tensor, want: Tensor, opset: int
-) -> tuple[bytes, dict | None]:
-    """The ONNX bytes of ``module``, checked with ``onnx.checker``, and its agreement on ``probe`` in onnxruntime
-    (None when onnxruntime is not installed)."""
-    try:
-        import onnx
-    except ImportError:
-        raise ConfigError("--format onnx needs the onnx package (pip install onnx onnxruntime)") from None
+) -> tuple[bytes, dict]:
+    """The ONNX bytes of ``module``, checked with ``onnx.checker``, and its agreement on ``probe`` in onnxruntime."""
+    import onnx
+    import onnxruntime as ort
+
     buffer = io.BytesIO()
     torch.onnx.export(
         module,
@@ -139,10 +137,6 @@ def _onnx(
     )
     data = buffer.getvalue()
     onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return data, None
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
@@ -195,7 +189,7 @@ def export_checkpoint(
             data, check = _onnx(module, example, probe, want, opset)
         else:
             data, check = _torchscript(module, probe, want)
-    if check is not None and not _agrees(check):
+    if not _agrees(check):
         raise RuntimeError(f"the exported model does not reproduce PyTorch on {tuple(probe.shape)} inputs ({check})")
     atomic_write(out, lambda f: f.write(data))
     num_classes = class_set.num_classes
@@ -225,7 +219,7 @@ def export_checkpoint(
                 "bilinearly); arg-max over axis 1 = class ids of classes.names",
             },
             "batching": batching,
-            "verified": None if check is None else {"input_shape": list(probe.shape), **check},
+            "verified": {"input_shape": list(probe.shape), **check},
             "exported_with": {"weakseg": __version__, "torch": torch.__version__},
         },
     )

@@ -203,6 +203,17 @@ class Pipeline:
         return metrics
 
 
+def final_checkpoint(run_dir: Path) -> Path:
+    """A run folder's final model: ``last.pt`` of a single-stage run, else that of the stage its ``metrics.json``
+    names (``final_stage``; ``seg`` for runs recorded before it was)."""
+    summary = run_dir / "metrics.json"
+    final = json.loads(summary.read_text()).get("final_stage", "seg") if summary.is_file() else "seg"
+    for candidate in (run_dir / LAST, run_dir / final / LAST):
+        if candidate.is_file():
+            return candidate
+    raise DataError(run_dir, f"no {LAST} here or in {final}/ (is it a finished run folder?)")
+
+
 def _write_on_main(path: Path, data: dict) -> None:
     """Rank 0 writes a stage's JSON; every process waits until it is there."""
     if distributed.is_main():

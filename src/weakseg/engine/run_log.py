@@ -29,11 +29,8 @@ class RunLog:
 
     def __init__(self, folder: Path, start_step: int, *, tensorboard: bool = True) -> None:
         self.path = folder / CSV_NAME
-        if self.path.is_file():
-            kept = [r for r in read_metrics_csv(self.path) if r["step"] <= start_step]
-            atomic_write(self.path, lambda f: f.write(_csv_text(kept).encode()))
-        else:
-            atomic_write(self.path, lambda f: f.write(_csv_text([]).encode()))
+        kept = [r for r in read_metrics_csv(self.path) if r["step"] <= start_step] if self.path.is_file() else []
+        atomic_write(self.path, lambda f: f.write(_csv_text(kept).encode()))
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter

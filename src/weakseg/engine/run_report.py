@@ -26,10 +26,11 @@ from weakseg.data.formats import atomic_write, read_label_map
 from weakseg.data.sample import Sample
 from weakseg.engine.config import from_dict
 from weakseg.engine.evaluator import predict_with_config
+from weakseg.engine.pipeline import final_checkpoint
 from weakseg.engine.predict import overlay
 from weakseg.engine.recipe import Recipe
 from weakseg.engine.run_log import CSV_NAME, read_metrics_csv
-from weakseg.engine.trainer import LAST, load_model_from_checkpoint
+from weakseg.engine.trainer import load_model_from_checkpoint
 from weakseg.errors import DataError
 from weakseg.methods import build_method
 
@@ -40,17 +41,6 @@ REPORT_NAME = "report.html"
 THUMB_WIDTH = 220
 # Folders of label maps a run writes for its training images, in the order the gallery shows them.
 LABEL_FOLDERS = (("pseudo", "pseudo-labels"), ("relabel", "second-round labels"))
-
-
-def final_checkpoint(run_dir: Path) -> Path:
-    """The run's final model: ``last.pt`` of a single-stage run, else that of the stage ``metrics.json`` names."""
-    if (run_dir / LAST).is_file():
-        return run_dir / LAST
-    summary = run_dir / "metrics.json"
-    stage = json.loads(summary.read_text()).get("final_stage", "seg") if summary.is_file() else "seg"
-    if (run_dir / stage / LAST).is_file():
-        return run_dir / stage / LAST
-    raise DataError(run_dir, f"no {LAST} here or in {stage}/ (is it a finished run folder?)")
 
 
 def training_stages(run_dir: Path) -> list[Path]:
