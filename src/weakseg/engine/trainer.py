@@ -285,11 +285,9 @@ class Trainer:
         if distributed.is_main():
             self._write_run_files()
             self.run_log = RunLog(self.out, self.step, tensorboard=t.tensorboard)
-        start_step, wall_start = self.step, time.perf_counter()
+        wall_start = time.perf_counter()
         try:
-            self._train_until(stop)
-            train_wall = time.perf_counter() - wall_start
-            images_per_s = t.batch_size * (self.step - start_step) / max(train_wall, 1e-9)
+            images_per_s = self._train_until(stop)
             metrics = self._finish(images_per_s) if self.step == t.steps else {}
         finally:
             if self.run_log is not None:
@@ -297,7 +295,8 @@ class Trainer:
                 self.run_log = None
         return TrainResult(self.out, self.step, metrics, images_per_s, time.perf_counter() - wall_start)
 
-    def _train_until(self, stop: int) -> None:
+    def _train_until(self, stop: int) -> float:
+        """Steps up to ``stop``; returns the training images/s over them."""
         t = self.recipe.train
         start_step, wall_start = self.step, time.perf_counter()
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
@@ -323,6 +322,7 @@ class Trainer:
             if done:
                 break
         bar.close()
+        return t.batch_size * (self.step - start_step) / max(time.perf_counter() - wall_start, 1e-9)
 
     def _finish(self, images_per_s: float) -> dict:
         """The end of training: final validation, ``last.pt`` and ``metrics.json``."""
