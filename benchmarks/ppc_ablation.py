@@ -5,8 +5,10 @@
 Each variant is the standard-profile `ppc-tags` bench row's recipe (same data, labels, backbone, CAM-stage schedule,
 pseudo-label settings) with some of PPC's terms switched off, or the `seam-tags` row's for the base. Only the `cam`
 and `pseudo` stages run (`Pipeline.run(until="pseudo")`): the figures are the CAM seeds on the 212 train images, as
-in the paper's table. Results go to `benchmarks/results/ablations/voc454-ppc-tags.json`; a variant and seed already
-there with the same recipe is not rerun unless ``--force``.
+in the paper's table. The base and full-PPC variants resume in the `seam-tags` / `ppc-tags` bench rows' folders
+and reuse the stages those rows ran (``stages_run`` lists what this script ran itself). Results go to
+`benchmarks/results/ablations/voc454-ppc-tags.json`; a variant and seed already there with the same recipe is not
+rerun unless ``--force``.
 """
 
 from __future__ import annotations
@@ -49,15 +51,19 @@ def main() -> None:
         method, overrides = VARIANTS[name]
         for seed in args.seeds:
             row = Row("standard", DATASETS["voc454"], method, "tags", args.data_root, args.results, seed)
+            # A variant without overrides is the bench row itself: it resumes in the row's folder, so the CAM and
+            # pseudo-label stages the row already ran are reused rather than trained again.
             folder = args.cache / "runs" / "ablations" / "voc454" / "ppc-tags" / f"{list(VARIANTS).index(name)}-{seed}"
-            recipe_dict = apply_overrides(to_dict(row.recipe(args.cache)), [*overrides, f"output_dir={folder}"])
+            place = [f"output_dir={folder}"] if overrides else []
+            recipe_dict = apply_overrides(to_dict(row.recipe(args.cache)), [*overrides, *place])
             recipe = from_dict(Recipe, recipe_dict).check()
             fingerprint = {k: v for k, v in to_dict(recipe).items() if k not in ("output_dir", "data")}
             key = f"{name} / seed {seed}"
             if key in table and table[key]["recipe"] == fingerprint and not args.force:
                 continue
             start = time.perf_counter()
-            seeds = Pipeline(recipe, progress=False).run(until="pseudo").metrics["pseudo_labels"]
+            result = Pipeline(recipe, progress=False).run(resume=True, until="pseudo")
+            seeds = result.metrics["pseudo_labels"]
             table[key] = {
                 "variant": name,
                 "seed": seed,
@@ -69,6 +75,7 @@ def main() -> None:
                 "overrides": overrides,
                 "recipe": fingerprint,
                 "git_commit": git_commit(),
+                "stages_run": sorted(result.stage_wall_s),
                 "wall_s": time.perf_counter() - start,
             }
             out.parent.mkdir(parents=True, exist_ok=True)
