@@ -8,7 +8,9 @@ plot are regenerated from the JSON files after every run.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -180,21 +182,50 @@ class Row:
         return load_recipe([recipe_name(self.method, self.supervision), *self.dataset.recipes], overrides)
 
     def fingerprint(self, cache: Path) -> str:
+        """The digest recorded with a row: resolved recipe, label protocol and profile, without paths, and without
+        the :data:`LATER_KEYS` that are at their defaults."""
+        return self.fingerprints(cache)[0]
+
+    def fingerprints(self, cache: Path) -> list[str]:
+        """Every digest under which a row recorded with the current recipe was stored: the current one first, then
+        one per era of :data:`LATER_KEYS` (a row recorded before the ``i``-th key was added lacks it and every key
+        added after it)."""
         recipe = to_dict(self.recipe(cache))
         recipe.pop("output_dir")
         recipe["data"].pop("labels", None)
         for name in cache_fields(METHODS[method_of(self.method)]):
             recipe["method_args"].pop(name, None)
         recipe["data"]["root"] = self.dataset.folder
-        for (section, key), default in LATER_KEYS.items():
-            if recipe[section].get(key) == default:
-                del recipe[section][key]
-        return _digest({"recipe": recipe, "labels": self.protocol_hash(), "profile": self.profile})
+        digests = []
+        for era in range(len(LATER_KEYS) + 1):
+            pruned = copy.deepcopy(recipe)
+            for path, default in LATER_KEYS[era:]:
+                *parents, key = path
+                section = functools.reduce(dict.__getitem__, parents, pruned)
+                if section.get(key, default) == default:
+                    section.pop(key, None)
+            digests.append(_digest({"recipe": pruned, "labels": self.protocol_hash(), "profile": self.profile}))
+        return [digests[0], *dict.fromkeys(digests[1:])]
+
+    def is_current(self, cache: Path) -> bool:
+        """Whether the row's JSON exists and was recorded with the recipe and labels it would run with now."""
+        if not self.json_path.is_file():
+            return False
+        return json.loads(self.json_path.read_text()).get("fingerprint") in self.fingerprints(cache)
 
 
-# Recipe keys added after benchmark rows were recorded, left out of the fingerprint at their defaults (which keep
-# the behaviour from before the key existed), so that adding a key does not make every recorded row stale.
-LATER_KEYS = {("train", "norm"): "batch", ("train", "tensorboard"): True}
+# Recipe keys added after benchmark rows were recorded, oldest first, with the default that keeps the behaviour from
+# before the key existed: at that default they are left out of the fingerprint, so that adding a key does not make
+# every recorded row stale; a row counts as current when it matches the recipe as it stood in any era.
+LATER_KEYS: list[tuple[tuple[str, ...], object]] = [
+    (("eval", "crf"), False),
+    (("eval", "crf_iterations"), 10),
+    (("data", "train_masks"), None),
+    (("pseudo",), to_dict(PseudoLabelConfig())),
+    (("stages",), {}),
+    (("train", "norm"), "batch"),
+    (("train", "tensorboard"), True),
+]
 
 
 def _digest(obj: object) -> str:
@@ -373,11 +404,9 @@ def bench(
     commit = git_commit()
     done = []
     for row in rows:
-        if not force and row.json_path.is_file():
-            stored = json.loads(row.json_path.read_text()).get("fingerprint")
-            if stored == row.fingerprint(cache):
-                print(f"{row.dataset.name} {row.name}: up to date ({row.json_path})")
-                continue
+        if not force and row.is_current(cache):
+            print(f"{row.dataset.name} {row.name}: up to date ({row.json_path})")
+            continue
         print(f"{row.dataset.name} {row.name}: running ({profile} profile)", flush=True)
         cmd = [
             sys.executable,
