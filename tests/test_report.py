@@ -45,5 +45,9 @@ def test_rows_over_seeds_get_mean_and_spread(tmp_path: Path) -> None:
         write_json(results / "standard" / "voc454" / f"cam-tags{f'-seed{seed}' if seed else ''}.json", record)
     text = write_benchmark_docs(results, docs).read_text()
     assert "| cam | tags | 2 | 10.0000% | 0.250 |" in text  # one table row per seed, in seed order
-    assert "| cam | tags | 0, 1, 2 | 0.350 ± 0.050 | 0.200 ± 0.000 | — | — | 0.250 ± 0.050 |" in text
+    # mean ± sd of each score, then median (min–max) of seed mIoU and val mIoU
+    assert (
+        "| cam | tags | 0, 1, 2 | 0.350 ± 0.050 | 0.200 ± 0.000 | — | — | 0.250 ± 0.050 | 0.300 ± 0.000 "
+        "| 0.350 (0.300–0.400) | 0.250 (0.200–0.300) |" in text
+    )
     assert "`cam-tags` seed 2: tags protocol" in text and "`cam-tags`: tags protocol" in text

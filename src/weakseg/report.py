@@ -77,24 +77,38 @@ SEED_COLUMNS = (
 )
 
 
+# Also as median (min–max): reproductions of CAM-based methods vary by several points between seeds.
+SPREAD_COLUMNS = (("pseudo_labels.seed.miou", "seed mIoU median (range)"), ("miou", "val mIoU median (range)"))
+
+
 def seed_table(records: list[dict]) -> str | None:
-    """Mean ± standard deviation (and n) over seeds, for rows trained with more than one seed; None if none."""
+    """Mean ± standard deviation, then median (min–max), over seeds, for rows trained with more than one seed;
+    None if there are none."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         groups.setdefault((r["method"], r["supervision"]), []).append(r)
     groups = {key: rows for key, rows in groups.items() if len(rows) > 1}
     if not groups:
         return None
-    lines = ["| method | supervision | seeds | " + " | ".join(t for _, t in SEED_COLUMNS) + " |"]
-    lines.append("|" + "---|" * (len(SEED_COLUMNS) + 3))
+    titles = [t for _, t in (*SEED_COLUMNS, *SPREAD_COLUMNS)]
+    lines = ["| method | supervision | seeds | " + " | ".join(titles) + " |", "|" + "---|" * (len(titles) + 3)]
     for (method, supervision), rows in groups.items():
         cells = []
-        for key, _ in SEED_COLUMNS:
-            values = [v for v in (_value(r, key) for r in rows) if v is not None]
-            cells.append(f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else "—")
+        for columns, summary in ((SEED_COLUMNS, _mean_sd), (SPREAD_COLUMNS, _median_range)):
+            for key, _ in columns:
+                values = [v for v in (_value(r, key) for r in rows) if v is not None]
+                cells.append(summary(values) if len(values) > 1 else "—")
         seeds = ", ".join(str(r["seed"]) for r in rows)
         lines.append(f"| {method} | {supervision} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _mean_sd(values: list[float]) -> str:
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def _median_range(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} ({min(values):.3f}–{max(values):.3f})"
 
 
 def plot_miou_vs_labels(records: list[dict], path: Path) -> None:
@@ -161,7 +175,7 @@ def write_benchmark_docs(results: Path, docs: Path) -> Path:
             lines += [f"### {dataset}", "", markdown_table(records), ""]
             seeds = seed_table(records)
             if seeds:
-                lines += ["Over seeds (mean ± standard deviation):", "", seeds, ""]
+                lines += ["Over seeds (mean ± standard deviation; median and range):", "", seeds, ""]
             lines += ["Label protocols and provenance:", ""]
             for r in records:
                 described = [f"stage {k}: {v}" for k, v in r.get("stages", {}).items() if k != "wall_s"]
