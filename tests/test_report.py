@@ -41,13 +41,15 @@ def test_rows_over_seeds_get_mean_and_spread(tmp_path: Path) -> None:
     results, docs = tmp_path / "results", tmp_path / "docs"
     for seed, miou in [(0, 0.20), (1, 0.30), (2, 0.25)]:
         record = {**_record("voc454", "cam", "tags", miou, 0.1), "seed": seed, "command": f"bench seed {seed}"}
-        record["pseudo_labels"] = {"seed": {"miou": miou + 0.1, "boundary_f": 0.2}}
+        best = {"miou": miou + 0.2, "threshold": 0.1}
+        record["pseudo_labels"] = {"seed": {"miou": miou + 0.1, "boundary_f": 0.2}, "seed_thresholds": {"best": best}}
         write_json(results / "standard" / "voc454" / f"cam-tags{f'-seed{seed}' if seed else ''}.json", record)
     text = write_benchmark_docs(results, docs).read_text()
     assert "| cam | tags | 2 | 10.0000% | 0.250 |" in text  # one table row per seed, in seed order
-    # mean ± sd of each score, then median (min–max) of seed mIoU and val mIoU
+    assert "| 0.350 | — | 0.450 | 0.10 |" in text  # seed 2's seed, refined seed, best-threshold seed and its t
+    # mean ± sd of each score, then median (min–max) of seed mIoU, best-threshold seed mIoU and val mIoU
     assert (
-        "| cam | tags | 0, 1, 2 | 0.350 ± 0.050 | 0.200 ± 0.000 | — | — | 0.250 ± 0.050 | 0.300 ± 0.000 "
-        "| 0.350 (0.300–0.400) | 0.250 (0.200–0.300) |" in text
+        "| cam | tags | 0, 1, 2 | 0.350 ± 0.050 | 0.200 ± 0.000 | 0.450 ± 0.050 | — | — | 0.250 ± 0.050 "
+        "| 0.300 ± 0.000 | 0.350 (0.300–0.400) | 0.450 (0.400–0.500) | 0.250 (0.200–0.300) |" in text
     )
     assert "`cam-tags` seed 2: tags protocol" in text and "`cam-tags`: tags protocol" in text

@@ -68,6 +68,13 @@ class ConfusionMatrix:
         self.ignore_index = ignore_index
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
 
+    @classmethod
+    def of_counts(cls, counts: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> ConfusionMatrix:
+        """A matrix holding ``counts`` (``K×K``, rows = ground truth)."""
+        matrix = cls(counts.shape[0], ignore_index)
+        matrix.matrix += counts.to(torch.int64).cpu()
+        return matrix
+
     def update(self, pred: ArrayLike, target: ArrayLike) -> None:
         """Add a prediction / ground-truth pair of any equal shape, skipping ``ignore_index`` targets."""
         pred, target = _to_tensor(pred), _to_tensor(target)

@@ -21,6 +21,7 @@ from weakseg.engine.device import normalize
 from weakseg.engine.metrics import ConfusionMatrix, SegmentationMetrics
 from weakseg.pseudo import PAMR, DenseCRF, RandomWalk
 from weakseg.pseudo.cam import (
+    SEED_THRESHOLDS,
     PseudoLabelConfig,
     background_score,
     banded_labels,
@@ -41,12 +42,16 @@ STAGES = ("baseline", "seed", "refined")
 
 @dataclass
 class CamLabels:
-    """One image's label maps: the plain baseline, the CAM seed, the refined seed and the training pseudo-label."""
+    """One image's label maps: the plain baseline, the CAM seed, the refined seed and the training pseudo-label; with
+    a threshold background, also each pixel's top foreground score and class, which give the seed at any threshold
+    ``t`` (the class where the score exceeds ``t``, background elsewhere)."""
 
     baseline: Tensor
     seed: Tensor
     refined: Tensor
     pseudo: Tensor
+    seed_peak: Tensor | None = None
+    seed_class: Tensor | None = None
 
 
 class PseudoLabeller:
@@ -88,13 +93,18 @@ class PseudoLabeller:
             mode, t, band = cfg.background, cfg.background_param, cfg.ignore_band
             baseline = filled_image(classes, height, width, bg)
         seed = label_scores(fg, classes, bg, mode, t)
+        peak = top = None
+        if mode == "threshold":
+            ids = torch.tensor(classes, dtype=torch.int64, device=fg.device)
+            peak = fg.amax(0).cpu() if classes else torch.zeros(height, width)
+            top = ids[fg.argmax(0)].cpu() if classes else torch.zeros(height, width, dtype=torch.int64)
         refined_fg = self._refine(fg, image, x, region) if classes else fg
         refined = label_scores(refined_fg, classes, bg, mode, t)
         pseudo = banded_labels(refined_fg, classes, bg, mode, band, t)
         if cfg.crf and classes:
             refined = self._crf(refined_fg, classes, image, mode, t)
             pseudo = torch.where(pseudo == IGNORE_INDEX, pseudo, refined)
-        return CamLabels(baseline.cpu(), seed.cpu(), refined.cpu(), pseudo.cpu())
+        return CamLabels(baseline.cpu(), seed.cpu(), refined.cpu(), pseudo.cpu(), peak, top)
 
     def _refine(self, fg: Tensor, image: Tensor, x: Tensor, region: Tensor | None) -> Tensor:
         if self.cfg.refine == "pamr":
@@ -132,15 +142,20 @@ def make_pseudo_labels(
     PNGs, 255 = ignore) and, when the dataset has masks, score the maps against them.
 
     Returns ``{"images": n, "coverage": labelled fraction of the pseudo-labels}`` plus, with masks, ``baseline``,
-    ``seed`` and ``refined`` metrics (mIoU, boundary F, J&F of dense maps) and ``pseudo`` (mIoU over the pixels the
-    pseudo-labels keep, the precision that the second stage trains on). Under torchrun each process labels its share
-    of the images and the scores are merged (every process returns them).
+    ``seed`` and ``refined`` metrics (mIoU, boundary F, J&F of dense maps), ``pseudo`` (mIoU over the pixels the
+    pseudo-labels keep, the precision that the second stage trains on) and, when the background is a threshold,
+    ``seed_thresholds`` (seed mIoU at each of ``SEED_THRESHOLDS`` and the best of them, the papers' seed figure).
+    Under torchrun each process labels its share of the images and the scores are merged (every process returns
+    them).
     """
     class_set = dataset.class_set
     labeller = PseudoLabeller(model, class_set, cfg, device)
     k, ignore = class_set.num_classes, class_set.ignore_index
     scores = {name: SegmentationMetrics(k, ignore) for name in STAGES}
     kept = ConfusionMatrix(k, ignore)
+    sweep = torch.zeros(len(SEED_THRESHOLDS), k, k, dtype=torch.int64)
+    swept = torch.zeros((), dtype=torch.int64)
+    background = class_set.background or 0  # without a background class, its pixels are scored as 0 (``_dense``)
     labelled = total = 0
     has_masks = "mask" in dataset.kinds
     palette = class_set.palette_array()
@@ -158,6 +173,9 @@ def make_pseudo_labels(
                 scores[name].update(_dense(getattr(maps, name)), mask)
             keep = maps.pseudo != IGNORE_INDEX
             kept.update(torch.where(keep, maps.pseudo, 0), torch.where(keep, mask, ignore))
+            if maps.seed_peak is not None:
+                swept.fill_(1)
+                sweep += threshold_confusions(maps.seed_peak, maps.seed_class, background, mask, k, ignore)
     scores = {name: distributed.merged(m) for name, m in scores.items()}
     kept = distributed.merged(kept)
     labelled, total = (sum(x) for x in zip(*distributed.all_gather_objects((labelled, total)), strict=True))
@@ -167,7 +185,41 @@ def make_pseudo_labels(
             m = scores[name].compute()
             result[name] = {key: m[key] for key in ("miou", "boundary_f", "jf", "per_class_iou")}
         result["pseudo"] = {key: value for key, value in kept.compute().items() if key in ("miou", "per_class_iou")}
+        if distributed.all_reduce(swept, "max"):
+            mious = [ConfusionMatrix.of_counts(m, ignore).compute()["miou"] for m in distributed.all_reduce(sweep)]
+            best = max(range(len(mious)), key=mious.__getitem__)
+            result["seed_thresholds"] = {
+                "thresholds": list(SEED_THRESHOLDS),
+                "miou": mious,
+                "best": {"threshold": SEED_THRESHOLDS[best], "miou": mious[best]},
+            }
     return result
+
+
+def threshold_confusions(
+    peak: Tensor,
+    top_class: Tensor,
+    background: int,
+    target: Tensor,
+    num_classes: int,
+    ignore_index: int,
+    thresholds: tuple[float, ...] = SEED_THRESHOLDS,
+) -> Tensor:
+    """``T×K×K`` confusion matrices (rows = ground truth) of the seed at every ascending threshold ``t``: a pixel is
+    ``top_class`` where ``peak > t`` (:func:`label_scores`: the background wins ties) and ``background`` elsewhere.
+
+    One histogram over (number of thresholds below the pixel's peak, ground truth, class), summed cumulatively,
+    instead of one confusion matrix per threshold.
+    """
+    keep = target != ignore_index
+    gt, cls, pk = target[keep], top_class[keep], peak[keep].contiguous()
+    n, k = len(thresholds), num_classes
+    below = torch.searchsorted(torch.tensor(thresholds, dtype=pk.dtype), pk)  # thresholds strictly below the peak
+    fg = torch.bincount((below * k + gt) * k + cls, minlength=(n + 1) * k * k).reshape(n + 1, k, k)
+    bg = torch.bincount(below * k + gt, minlength=(n + 1) * k).reshape(n + 1, k)
+    counts = fg.flip(0).cumsum(0).flip(0)[1:]  # threshold j: foreground where more than j thresholds are below
+    counts[:, :, background] += bg.cumsum(0)[:n]
+    return counts
 
 
 def _dense(labels: Tensor) -> Tensor:

@@ -102,6 +102,11 @@ def box_region(boxes: Tensor, height: int, width: int) -> Tensor:
     return inside
 
 
+# Background thresholds at which seeds are also scored: SEAM and PPC report seed mIoU at the best of a range of
+# thresholds (PPC §4.2; SEAM's evaluation steps by 0.01), not at the one the pseudo-labels use.
+SEED_THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(1, 96))
+
+
 def background_score(fg: Tensor, mode: str, t: float) -> Tensor:
     """1×H×W background score beside K×H×W foreground scores: ``t`` or ``(1 − max fg)^t``."""
     if mode == "threshold":
