@@ -80,6 +80,19 @@ def test_split_segments_respects_every_partition_and_the_image() -> None:
         assert int(segments.batch[s]) == b and segments.keys[:, s].tolist() == [c, lab, reg]
 
 
+@pytest.mark.parametrize("valid", [False, True])
+def test_split_segments_numbers_segments_as_a_column_wise_unique(valid: bool) -> None:
+    """Same ids and keys as ``torch.unique(dim=1)`` over the (image, partitions) columns, negative ids included."""
+    g = torch.Generator().manual_seed(5)
+    parts = [torch.randint(lo, hi, (3, 50), generator=g) for lo, hi in ((0, 4), (-1, 3), (-1, 70000))]
+    mask = torch.rand(3, 50, generator=g) > 0.3 if valid else torch.ones(3, 50, dtype=torch.bool)
+    segments = split_segments(*parts, valid=mask if valid else None)
+    stacked = torch.stack([torch.arange(3)[:, None].expand(3, 50), *parts]).reshape(4, -1)[:, mask.reshape(-1)]
+    columns, inverse = torch.unique(stacked, dim=1, return_inverse=True)
+    assert segments.index[mask].tolist() == inverse.tolist() and (segments.index[~mask] == UNLABELLED).all()
+    assert segments.batch.tolist() == columns[0].tolist() and segments.keys.tolist() == columns[1:].tolist()
+
+
 def test_segment_means_are_normalised_sums() -> None:
     e = torch.randn(7, 3, dtype=torch.float64)
     index = torch.tensor([0, 1, 0, -1, 2, 1, 0])
@@ -101,29 +114,58 @@ def loop_contrast(e, own, protos, positive, negative, kappa):
     return torch.stack(out)
 
 
-def test_segment_contrast_matches_the_loop_values_and_gradients() -> None:
-    """Sets from random group tables, in chunks of 4 pixels (recomputed in the backward pass)."""
-    g = torch.Generator().manual_seed(2)
-    e = F.normalize(torch.randn(9, 4, generator=g, dtype=torch.float64), dim=1).requires_grad_()
-    protos = F.normalize(torch.randn(6, 4, generator=g, dtype=torch.float64), dim=1).requires_grad_()
-    own = torch.randint(0, 6, (9,), generator=g)
-    group, kind = torch.randint(0, 3, (6,), generator=g), torch.randint(0, 4, (9,), generator=g)
-    pos_table = torch.rand(4, 3, generator=g) > 0.5
-    pos_table[0] = False  # kind 0: only the own segment, the fallback
-    neg_table = torch.rand(4, 3, generator=g) > 0.3
-    kind[0] = 0
-    sets = SegmentSets(group, kind, pos_table, neg_table)
-    got = segment_contrast(e, own, protos, sets, 6.0, chunk=4)
-    e2, p2 = e.detach().clone().requires_grad_(), protos.detach().clone().requires_grad_()
-    positive = pos_table[kind][:, group]
-    negative = neg_table[kind][:, group]
+def _contrast_case(seed: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, SegmentSets]:
+    """9 pixels, 7 segments in 4 groups from random tables; kind 0 has only its own segment as a positive (the
+    fallback), and group 3 is in no pixel's sets (left out, except where it is a pixel's own segment)."""
+    g = torch.Generator().manual_seed(seed)
+    e = F.normalize(torch.randn(9, 4, generator=g, dtype=torch.float64), dim=1)
+    protos = F.normalize(torch.randn(7, 4, generator=g, dtype=torch.float64), dim=1)
+    own = torch.randint(0, 7, (9,), generator=g)
+    group, kind = torch.tensor([0, 1, 2, 3, 0, 1, 3]), torch.randint(0, 4, (9,), generator=g)
+    pos_table = torch.rand(4, 4, generator=g) > 0.5
+    pos_table[0] = False
+    neg_table = torch.rand(4, 4, generator=g) > 0.3
+    pos_table[:, 3] = neg_table[:, 3] = False
+    kind[0], own[1] = 0, 3
+    return e, own, protos, SegmentSets(group, kind, pos_table, neg_table)
+
+
+@pytest.mark.parametrize("bank", [0, 3], ids=["no memory", "memory"])
+@pytest.mark.parametrize("chunk", [4, 1024])
+def test_segment_contrast_matches_the_loop_values_and_gradients(chunk: int, bank: int) -> None:
+    """Per pixel and summed, in chunks, with the last ``bank`` segments as a memory bank (no gradient)."""
+    e, own, protos, sets = _contrast_case()
+    e1, p1 = e.clone().requires_grad_(), protos.clone().requires_grad_()
+    split = protos.shape[0] - bank
+    got = segment_contrast(e1, own, p1[:split], sets, 6.0, memory=p1[split:] if bank else None, chunk=chunk)
+    e2, p2 = e.clone().requires_grad_(), protos.clone().requires_grad_()
+    positive = sets.positive[sets.kind][:, sets.group]
+    negative = sets.negative[sets.kind][:, sets.group]
     want = loop_contrast(e2, own, p2, positive, negative, 6.0)
-    torch.testing.assert_close(got, want)
-    got.sum().backward()
+    torch.testing.assert_close(got, want.sum())
+    got.backward()
     want.sum().backward()
-    torch.testing.assert_close(e.grad, e2.grad)
-    torch.testing.assert_close(protos.grad, p2.grad)
-    assert got[0] >= 0 and math.isfinite(float(got[0].detach()))
+    torch.testing.assert_close(e1.grad, e2.grad)
+    torch.testing.assert_close(p1.grad[:split], p2.grad[:split])
+    assert (p1.grad[split:] == 0).all()  # the memory bank's segments get no gradient
+    with torch.no_grad():
+        for i in range(e.shape[0]):  # each pixel's own loss: one row at a time
+            one = SegmentSets(sets.group, sets.kind[i : i + 1], sets.positive, sets.negative)
+            torch.testing.assert_close(segment_contrast(e[i : i + 1], own[i : i + 1], protos, one, 6.0), want[i])
+    assert want[0] >= 0 and math.isfinite(float(want[0].detach()))
+
+
+def test_segment_contrast_gradient_follows_any_upstream_scale() -> None:
+    """The gradient is computed in the forward pass; the backward pass scales it by the upstream gradient."""
+    e, own, protos, sets = _contrast_case(4)
+    e1 = e.clone().requires_grad_()
+    (-2.5 * segment_contrast(e1, own, protos, sets, 8.0)).backward()
+    e2 = e.clone().requires_grad_()
+    (-2.5 * loop_contrast(e2, own, protos, sets.positive[sets.kind][:, sets.group],
+                          sets.negative[sets.kind][:, sets.group], 8.0).sum()).backward()  # fmt: skip
+    torch.testing.assert_close(e1.grad, e2.grad)
+    none = SegmentSets(sets.group, sets.kind[:0], sets.positive, sets.negative)
+    assert segment_contrast(e1[:0], own[:0], protos, none, 8.0) == 0  # no pixels
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@
   embeddings (with their (y, x) location), initialised on a regular grid, batched.
 * :func:`split_segments` — segments that straddle no two weak-label classes and no two over-segmentation regions.
 * :func:`segment_means` — a segment's feature: the L2-normalised mean of its pixels' embeddings.
-* :func:`segment_contrast` — ``−log Σ_{C⁺} exp(κ e·μ) / Σ_{C⁺ ∪ C⁻} exp(κ e·μ)`` per pixel, the pixel's own segment left
-  out of ``C⁺`` unless it is the only positive (SegSort+, paper eq. 3).
+* :func:`segment_contrast` — ``−log Σ_{C⁺} exp(κ e·μ) / Σ_{C⁺ ∪ C⁻} exp(κ e·μ)`` summed over pixels, the pixel's own
+  segment left out of ``C⁺`` unless it is the only positive (SegSort+, paper eq. 3), with its gradient in one pass.
 * :class:`PixelSegmentContrastLoss` — the four relations of SPML (low-level image similarity, semantic annotation,
   semantic co-occurrence, feature affinity) weighted and summed (eq. 4), with a memory bank of the last iterations'
   segments.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 from weakseg.engine.distributed import gather_rows
 from weakseg.losses.cam import compute_dtype
@@ -74,15 +74,25 @@ class Segments:
 
 def split_segments(*partitions: torch.Tensor, valid: torch.Tensor | None = None) -> Segments:
     """The common refinement of ``B×N`` partitions (k-means clusters, weak labels, over-segmentation regions): a
-    segment is a maximal set of valid pixels of one image that agree on every partition."""
+    segment is a maximal set of valid pixels of one image that agree on every partition. Segments are numbered in
+    the lexicographic order of their (image, partition values), as ``torch.unique(dim=1)`` would number them."""
     first = partitions[0]
     b, n = first.shape
     batch = torch.arange(b, device=first.device)[:, None].expand(b, n)
     stacked = torch.stack([batch, *partitions]).reshape(len(partitions) + 1, -1)
     index = torch.full((b * n,), UNLABELLED, dtype=torch.long, device=first.device)
     keep = torch.ones(b * n, dtype=torch.bool, device=first.device) if valid is None else valid.reshape(-1).bool()
-    columns, inverse = torch.unique(stacked[:, keep], dim=1, return_inverse=True)
-    index[keep] = inverse
+    kept = stacked[:, keep]
+    # One 1-D unique per partition instead of a column-wise one: ``rank`` numbers the distinct prefixes of the
+    # columns in lexicographic order, and each partition refines it (values ranked first, so that nothing overflows).
+    rank = torch.zeros(kept.shape[1], dtype=torch.long, device=first.device)
+    for row in kept:
+        values, row_rank = torch.unique(row, return_inverse=True)
+        rank = torch.unique(rank * values.shape[0] + row_rank, return_inverse=True)[1]
+    count = int(rank.max()) + 1 if rank.numel() else 0
+    member = rank.new_empty(count).scatter_(0, rank, torch.arange(rank.shape[0], device=first.device))
+    columns = kept[:, member]  # each segment's keys, read off one of its pixels
+    index[keep] = rank
     return Segments(index.reshape(b, n), columns[0], columns[1:])
 
 
@@ -112,52 +122,130 @@ def segment_contrast(
     prototypes: torch.Tensor,
     sets: SegmentSets,
     concentration: float,
-    chunk: int = 4096,
+    memory: torch.Tensor | None = None,
+    chunk: int = 1024,
 ) -> torch.Tensor:
-    """Per-pixel ``−log(Σ_{s∈C⁺} exp(κ e_iᵀμ_s) / Σ_{s∈C⁺∪C⁻} exp(κ e_iᵀμ_s))`` (SPML eq. 3, SegSort+).
+    """``Σ_i −log(Σ_{s∈C⁺} exp(κ e_iᵀμ_s) / Σ_{s∈C⁺∪C⁻} exp(κ e_iᵀμ_s))`` over the pixels (SPML eq. 3, SegSort+).
 
     ``embeddings`` ``N×D`` and ``prototypes`` ``S×D`` of unit length, ``own`` ``N`` the pixel's own segment. ``C⁺`` is
     the positives other than the own segment, or the own segment alone when there is no other positive; the own
-    segment is never a negative. Pixels are taken ``chunk`` at a time and, under autograd, each chunk is recomputed
-    in the backward pass (activation checkpointing): memory stays O(chunk·S), never O(N·S).
+    segment is never a negative. ``memory`` (``M×D``, unit rows, no gradient: the memory bank) are more segments,
+    numbered ``S…S+M−1`` in ``sets.group``. Segments in no set of any pixel are left out, as they change nothing.
+    Returns the sum of the pixels' losses (a scalar). Pixels are taken ``chunk`` at a time, and under autograd the
+    gradient is computed chunk by chunk in the same pass (:class:`_GroupedContrast`): memory stays O(chunk·S).
     """
-    out = []
-    for start in range(0, embeddings.shape[0], chunk):
-        rows = slice(start, start + chunk)
-        args = (embeddings[rows], own[rows], sets.kind[rows], prototypes, sets, concentration)
-        if torch.is_grad_enabled() and (embeddings.requires_grad or prototypes.requires_grad):
-            out.append(checkpoint(_contrast_rows, *args, use_reentrant=False))
-        else:
-            out.append(_contrast_rows(*args))
-    return torch.cat(out) if out else embeddings.new_zeros(0)
+    dtype = compute_dtype(embeddings)
+    count = prototypes.shape[0]
+    fixed = prototypes.new_zeros(0, prototypes.shape[1]) if memory is None else memory.detach()
+    group = sets.group
+    used = (sets.positive | sets.negative).any(0)[group]
+    used[own] = True
+    if not bool(used.all()):
+        columns = used.nonzero()[:, 0]
+        kept = int(used[:count].sum())  # columns are sorted: the prototypes' come first
+        own, group = (used.cumsum(0) - 1)[own], group[columns]
+        prototypes, fixed = prototypes[columns[:kept]], fixed[columns[kept:] - count]
+    args = (embeddings.to(dtype), prototypes.to(dtype), fixed.to(dtype), own,
+            SegmentSets(group, sets.kind, sets.positive, sets.negative), concentration, chunk)  # fmt: skip
+    if torch.is_grad_enabled() and (embeddings.requires_grad or prototypes.requires_grad):
+        return _GroupedContrast.apply(*args)
+    return _contrast_sum(*args, grad_e=False, grad_p=False)[0]
 
 
-def _contrast_rows(
+class _GroupedContrast(torch.autograd.Function):
+    """:func:`_contrast_sum` with its gradient, computed in the forward pass (the output is a scalar, so the
+    backward pass only scales it): the ``N×S`` weights are formed once and never stored."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        embeddings: torch.Tensor,
+        prototypes: torch.Tensor,
+        fixed: torch.Tensor,
+        own: torch.Tensor,
+        sets: SegmentSets,
+        kappa: float,
+        chunk: int,
+    ) -> torch.Tensor:
+        grad_e, grad_p = ctx.needs_input_grad[:2]
+        total, d_e, d_p = _contrast_sum(embeddings, prototypes, fixed, own, sets, kappa, chunk, grad_e, grad_p)
+        ctx.save_for_backward(d_e, d_p)
+        return total
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        d_e, d_p = ctx.saved_tensors
+        return None if d_e is None else grad * d_e, None if d_p is None else grad * d_p, None, None, None, None, None
+
+
+def _contrast_sum(
     embeddings: torch.Tensor,
-    own: torch.Tensor,
-    kind: torch.Tensor,
     prototypes: torch.Tensor,
+    fixed: torch.Tensor,
+    own: torch.Tensor,
     sets: SegmentSets,
     kappa: float,
-) -> torch.Tensor:
-    dtype = compute_dtype(embeddings)
-    groups = sets.positive.shape[1]
-    members = F.one_hot(sets.group, groups).to(dtype)  # S×G
-    # Unit vectors: κ e·μ ∈ [−κ, κ], so exp(κ(e·μ − 1)) ∈ [e^{−2κ}, 1] needs no max-shift.
-    weights = torch.addmm(embeddings.new_full((), -kappa, dtype=dtype), embeddings.to(dtype), prototypes.to(dtype).T,
-                          alpha=kappa).exp_()  # n×S  # fmt: skip
-    by_group = weights @ members  # n×G: Σ exp(κ(e·μ − 1)) over each group's segments
-    positive = sets.positive[kind]  # n×G
-    negative = sets.negative[kind] & ~positive
-    own_weight = weights.gather(1, own[:, None])[:, 0]
-    own_group = sets.group[own][:, None]
-    own_positive = positive.gather(1, own_group)[:, 0].to(dtype)
-    own_negative = negative.gather(1, own_group)[:, 0].to(dtype)
-    others = (positive.to(dtype) * members.sum(0)).sum(1) - own_positive  # positives besides the own segment
-    pos_sum = (by_group * positive).sum(1) - own_positive * own_weight
-    numerator = torch.where(others > 0, pos_sum, own_weight)
-    rest = (by_group * negative).sum(1) - own_negative * own_weight
-    return torch.log(numerator + rest) - torch.log(numerator)
+    chunk: int,
+    grad_e: bool,
+    grad_p: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The contrast sum of :func:`segment_contrast` and, if asked, its gradients with respect to the embeddings and
+    the prototypes (not ``fixed``), without autograd.
+
+    Per pixel ``i`` with ``w_s = exp(κ(e_iᵀμ_s − 1))``, numerator ``P`` and negatives' sum ``R``:
+    ``L = log(P + R) − log P``, so ``∂L/∂w_s = [s counts in P or R]/(P + R) − [s counts in P]/P`` and
+    ``∂L/∂e_i = κ Σ_s w_s ∂L/∂w_s μ_s``, ``∂L/∂μ_s = κ Σ_i w_s ∂L/∂w_s e_i``. ``∂L/∂w_s`` depends on ``s`` only
+    through its group, except for the own segment. So the segments are sorted by group (the prototypes' first), and
+    the weights are held segments × pixels: a group's weights are a block of rows, scaled in place.
+    """
+    n, groups = embeddings.shape[0], sets.positive.shape[1]
+    key = sets.group + groups * (torch.arange(sets.group.shape[0], device=own.device) >= prototypes.shape[0])
+    order = torch.sort(key, stable=True).indices
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.shape[0], device=order.device)
+    every, group, own = torch.cat([prototypes, fixed])[order], sets.group[order], rank[own]
+    _, lengths = torch.unique_consecutive(key[order], return_counts=True)
+    ends = lengths.cumsum(0)
+    blocks = list(zip(group[ends - 1].tolist(), (ends - lengths).tolist(), ends.tolist(), strict=True))
+    sizes = torch.bincount(group, minlength=groups).to(every.dtype)[:, None]  # G×1
+    total = every.new_zeros(())
+    d_e = torch.empty_like(embeddings) if grad_e else None
+    d_p = torch.zeros_like(prototypes) if grad_p else None
+    buffer = every.new_empty(every.shape[0] * min(chunk, n))
+    for start in range(0, n, chunk):
+        rows = slice(start, start + chunk)
+        e, own_c, kind = embeddings[rows], own[rows], sets.kind[rows]
+        cols = torch.arange(e.shape[0], device=e.device)
+        # Unit vectors: κ e·μ ∈ [−κ, κ], so exp(κ(e·μ − 1)) ∈ [e^{−2κ}, 1] needs no max-shift.
+        weights = buffer[: every.shape[0] * e.shape[0]].view(every.shape[0], e.shape[0])  # S×n
+        torch.addmm(every.new_full((), -kappa), every, e.T, alpha=kappa, out=weights).exp_()
+        by_group = weights.new_zeros(groups, e.shape[0]).index_add_(0, group, weights)  # G×n
+        pos = sets.positive[kind].T  # G×n
+        neg = sets.negative[kind].T & ~pos
+        own_weight = weights[own_c, cols]
+        own_group = group[own_c]
+        own_positive = pos[own_group, cols].to(weights.dtype)
+        own_negative = neg[own_group, cols].to(weights.dtype)
+        others = (pos * sizes).sum(0) - own_positive  # positives besides the own segment
+        pos_sum = (by_group * pos).sum(0) - own_positive * own_weight
+        numerator = torch.where(others > 0, pos_sum, own_weight)
+        denominator = numerator + (by_group * neg).sum(0) - own_negative * own_weight
+        total += (torch.log(denominator) - torch.log(numerator)).sum()
+        if not (grad_e or grad_p):
+            continue
+        counted = pos & (others > 0)  # groups whose segments (but the own one) are in the numerator
+        factor = (counted | neg) / denominator - counted / numerator  # G×n: ∂L/∂w_s of the group's segments
+        for g, first, last in blocks:  # weights become w_s ∂L/∂w_s
+            weights[first:last].mul_(factor[g])
+        weights[own_c, cols] = torch.where(others > 0, 0.0, 1 / denominator - 1 / numerator) * own_weight
+        if grad_e:
+            torch.mm(weights.T, every, out=d_e[rows]).mul_(kappa)
+        if grad_p:
+            d_p.addmm_(weights[: prototypes.shape[0]], e, alpha=kappa)
+    if d_p is not None:
+        d_p = d_p[rank[: prototypes.shape[0]]]  # back to the prototypes' order
+    return total, d_e, d_p
 
 
 @dataclass
@@ -258,7 +346,7 @@ class PixelSegmentContrastLoss(nn.Module):
         batch_protos, first = gather_rows(prototypes)
         batch_tags, first_image = gather_rows(tags.bool())
         batch_labels, batch_images = gather_rows(seg_label)[0], gather_rows(segments.batch + first_image)[0]
-        all_protos = torch.cat([batch_protos, *(entry[0].to(prototypes.dtype) for entry in self.bank)])
+        bank_protos = torch.cat([batch_protos[:0].detach(), *(entry[0].to(prototypes.dtype) for entry in self.bank)])
         all_labels = torch.cat([batch_labels, *(entry[1] for entry in self.bank)])
         image_tags, all_images, offset = [batch_tags], [batch_images], batch_tags.shape[0]
         for _, _, bank_tags, bank_images in self.bank:
@@ -274,26 +362,33 @@ class PixelSegmentContrastLoss(nn.Module):
                 terms[name] = pixels.new_zeros((), dtype=compute_dtype(pixels))
                 continue
             if name == "similarity":  # per image: groups are its regions, a pixel's kind is its own region
-                loss = torch.cat([
+                total = sum(
                     self._similarity(located, own, located_protos, segments, pixel_batch == image,
                                      segments.batch == image, relation.concentration)
                     for image in range(b)
-                ])  # fmt: skip
+                )  # fmt: skip
+                count = pixels.shape[0]
             elif name == "cooccurrence":  # groups: the images of this batch and of the memory bank; kinds: images
                 shared = (tags.float() @ all_tags.float().T) > 0  # B × images
                 shared[:, first_image : first_image + b] |= torch.eye(b, dtype=torch.bool, device=own.device)
                 sets = SegmentSets(all_images, pixel_batch, shared, ~shared)
-                loss = segment_contrast(pixels, own_any, all_protos, sets, relation.concentration)
+                total = segment_contrast(pixels, own_any, batch_protos, sets, relation.concentration, bank_protos)
+                count = pixels.shape[0]
             else:  # annotation, affinity: groups and kinds are labels (+1: 0 = unlabelled)
-                targets = all_labels if name == "annotation" else self._propagate(all_protos, all_labels)
+                if name == "annotation":
+                    targets = all_labels
+                else:
+                    targets = self._propagate(torch.cat([batch_protos, bank_protos]), all_labels)
                 wanted = pixel_label if name == "annotation" else targets[own_any]
                 rows = wanted >= 0
                 k = int(max(targets.max(), wanted.max())) + 2
                 labelled = torch.arange(k, device=own.device) > 0
                 same = torch.eye(k, dtype=torch.bool, device=own.device) & labelled[None]
                 sets = SegmentSets(targets + 1, wanted[rows] + 1, same, labelled[None] & labelled[:, None] & ~same)
-                loss = segment_contrast(pixels[rows], own_any[rows], all_protos, sets, relation.concentration)
-            terms[name] = loss.mean() if loss.numel() else pixels.new_zeros((), dtype=compute_dtype(pixels))
+                total = segment_contrast(pixels[rows], own_any[rows], batch_protos, sets, relation.concentration,
+                                         bank_protos)  # fmt: skip
+                count = int(rows.sum())
+            terms[name] = total / count if count else pixels.new_zeros((), dtype=compute_dtype(pixels))
         self.bank.append((batch_protos.detach(), batch_labels, batch_tags, batch_images))
         self.last_terms = {k: v.detach() for k, v in terms.items()}
         return sum(self.relations[k].weight * v for k, v in terms.items())
@@ -308,8 +403,8 @@ class PixelSegmentContrastLoss(nn.Module):
         segment_in: torch.Tensor,
         concentration: float,
     ) -> torch.Tensor:
-        """Low-level image similarity for one image's pixels: ``C⁺`` the segments of the pixel's region, ``C⁻`` the
-        image's other segments."""
+        """Low-level image similarity, summed over one image's pixels: ``C⁺`` the segments of the pixel's region,
+        ``C⁻`` the image's other segments."""
         index = segment_in.nonzero()[:, 0]  # this image's segments, in order
         local = torch.full_like(segments.batch, -1)
         local[index] = torch.arange(index.shape[0], device=index.device)
