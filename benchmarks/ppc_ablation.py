@@ -5,7 +5,7 @@
 Each variant is the standard-profile `ppc-tags` bench row's recipe (same data, labels, backbone, CAM-stage schedule,
 pseudo-label settings) with some of PPC's terms switched off, or the `seam-tags` row's for the base. Only the `cam`
 and `pseudo` stages run (`Pipeline.run(until="pseudo")`): the figures are the CAM seeds on the 212 train images, as
-in the paper's table, at the pseudo-labels' background threshold and at the best of 0.01…0.95 (the paper's protocol,
+in the paper's table, at the pseudo-labels' background threshold and at the best of 0.00…0.95 (the paper's protocol,
 "a range of thresholds"). The base and full-PPC variants resume in the `seam-tags` / `ppc-tags` bench rows' folders
 and reuse the stages those rows ran (``stages_run`` lists what this script ran itself). Results go to
 `benchmarks/results/ablations/voc454-ppc-tags.json`; a variant and seed already there with the same recipe is not

@@ -103,8 +103,9 @@ def box_region(boxes: Tensor, height: int, width: int) -> Tensor:
 
 
 # Background thresholds at which seeds are also scored: SEAM and PPC report seed mIoU at the best of a range of
-# thresholds (PPC §4.2; SEAM's evaluation steps by 0.01), not at the one the pseudo-labels use.
-SEED_THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(1, 96))
+# thresholds (PPC §4.2; SEAM's evaluation steps by 0.01 from 0), not at the one the pseudo-labels use. At 0 every
+# pixel with a positive CAM of a tagged class is foreground.
+SEED_THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(96))
 
 
 def background_score(fg: Tensor, mode: str, t: float) -> Tensor:
