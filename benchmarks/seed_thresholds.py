@@ -4,7 +4,8 @@
 
 SEAM and PPC report CAM seeds at the best of a range of background thresholds; the pseudo-label stage now scores
 the seeds at each of ``weakseg.pseudo.cam.SEED_THRESHOLDS`` as well (``pseudo_labels.seed_thresholds``). For each
-multi-stage row of the standard profile that lacks those scores, this reruns the seed part of the row's
+multi-stage row of the standard profile that lacks those scores on the current grid, this takes them from the
+row's own pseudo-label stage when that scored them, and otherwise reruns the seed part of the row's
 pseudo-label pass on its cached CAM checkpoint (same recipe and CAM inference; refinement skipped, no label files
 written), checks that it reproduces the recorded seed mIoU, and adds ``seed_thresholds`` to the row's JSON and to
 its run folder's ``pseudo/metrics.json``. The row's fingerprint is unchanged: its recipe and checkpoint are.
@@ -26,6 +27,7 @@ from weakseg.data.formats import write_json
 from weakseg.engine.pipeline import PSEUDO_STAGE, Pipeline, pseudo_label_dataset
 from weakseg.engine.pseudo_labels import make_pseudo_labels
 from weakseg.engine.trainer import LAST, load_model_from_checkpoint
+from weakseg.pseudo.cam import SEED_THRESHOLDS
 from weakseg.report import write_benchmark_docs
 
 TOLERANCE = 1e-3  # recorded vs recomputed seed mIoU; CPU inference is deterministic up to thread-order rounding
@@ -47,7 +49,7 @@ def main() -> None:
     for path in paths:
         record = json.loads(path.read_text())
         recorded = record.get("pseudo_labels")
-        if recorded is None or ("seed_thresholds" in recorded and not args.force):
+        if recorded is None or (_on_current_grid(recorded) and not args.force):
             continue
         row = Row("standard", DATASETS[args.dataset], record["method"], record["supervision"], args.data_root,
                   args.results, record.get("seed", 0))  # fmt: skip
@@ -55,27 +57,26 @@ def main() -> None:
             print(f"{row.name}: recorded with another recipe than the current one; run `weakseg bench` first")
             continue
         pipeline = Pipeline(row.recipe(args.cache), progress=False)
-        checkpoint = pipeline.stage_dir(pipeline.stages[0]) / LAST
-        if not checkpoint.is_file():
-            print(f"{row.name}: no cached CAM checkpoint at {checkpoint}; rerun the row")
-            continue
-        model, _, _ = load_model_from_checkpoint(checkpoint, torch.device("cpu"))
-        recipe = pipeline.recipe
-        dataset = pseudo_label_dataset(recipe, recipe.data.train_split)
-        seeds_only = dataclasses.replace(recipe.pseudo, refine="none", crf=False)
-        scores = make_pseudo_labels(model, dataset, recipe.supervision, seeds_only, torch.device("cpu"),
-                                    progress=False)  # fmt: skip
-        drift = abs(scores["seed"]["miou"] - recorded["seed"]["miou"])
-        if drift > TOLERANCE:
-            print(f"{row.name}: recomputed seeds differ from the recorded ones by {drift:.4f} mIoU; not written")
-            continue
-        sweep = {**scores["seed_thresholds"], "measured": {"by": "benchmarks/seed_thresholds.py", "git_commit":
-                 git_commit(), "recorded_seed_drift": drift}}  # fmt: skip
+        stage_metrics = pipeline.stage_dir(PSEUDO_STAGE) / "metrics.json"
+        stage = json.loads(stage_metrics.read_text()) if stage_metrics.is_file() else {}
+        if _on_current_grid(stage) and stage["seed"]["miou"] == recorded["seed"]["miou"] and not args.force:
+            sweep, drift = stage["seed_thresholds"], 0.0  # the row's own pseudo-label stage scored them
+        else:
+            checkpoint = pipeline.stage_dir(pipeline.stages[0]) / LAST
+            if not checkpoint.is_file():
+                print(f"{row.name}: no cached CAM checkpoint at {checkpoint}; rerun the row")
+                continue
+            scores = _seed_scores(pipeline, checkpoint)
+            drift = abs(scores["seed"]["miou"] - recorded["seed"]["miou"])
+            if drift > TOLERANCE:
+                print(f"{row.name}: recomputed seeds differ from the recorded ones by {drift:.4f} mIoU; not written")
+                continue
+            sweep = {**scores["seed_thresholds"], "measured": {"by": "benchmarks/seed_thresholds.py", "git_commit":
+                     git_commit(), "recorded_seed_drift": drift}}  # fmt: skip
+            if stage:
+                write_json(stage_metrics, {**stage, "seed_thresholds": sweep})
         record["pseudo_labels"]["seed_thresholds"] = sweep
         write_json(path, record)
-        stage_metrics = pipeline.stage_dir(PSEUDO_STAGE) / "metrics.json"
-        if stage_metrics.is_file():
-            write_json(stage_metrics, {**json.loads(stage_metrics.read_text()), "seed_thresholds": sweep})
         best = sweep["best"]
         print(
             f"{row.name}: seed {recorded['seed']['miou']:.3f} at the pseudo-labels' threshold, {best['miou']:.3f} "
@@ -83,6 +84,20 @@ def main() -> None:
         )
     update_ratios(args.results, "standard")
     write_benchmark_docs(args.results, args.docs)
+
+
+def _on_current_grid(metrics: dict) -> bool:
+    """Whether pseudo-label metrics hold seed scores at every one of today's ``SEED_THRESHOLDS``."""
+    return metrics.get("seed_thresholds", {}).get("thresholds") == list(SEED_THRESHOLDS)
+
+
+def _seed_scores(pipeline: Pipeline, checkpoint: Path) -> dict:
+    """The row's pseudo-label scores from its CAM checkpoint, seeds only (refinement skipped, nothing written)."""
+    model = load_model_from_checkpoint(checkpoint, torch.device("cpu"))[0]
+    recipe = pipeline.recipe
+    dataset = pseudo_label_dataset(recipe, recipe.data.train_split)
+    seeds_only = dataclasses.replace(recipe.pseudo, refine="none", crf=False)
+    return make_pseudo_labels(model, dataset, recipe.supervision, seeds_only, torch.device("cpu"), progress=False)
 
 
 if __name__ == "__main__":

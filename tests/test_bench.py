@@ -13,6 +13,7 @@ from weakseg.bench import DATASETS, BenchDataset, Row, plan_rows, run_row, updat
 from weakseg.data.formats import write_json
 from weakseg.data.simulate import LabelProtocol
 from weakseg.errors import ConfigError
+from weakseg.pseudo.cam import PseudoLabelConfig
 
 REQUIRED = {
     "miou", "per_class_iou", "boundary_f", "jf", "ratio_to_full", "train_images_per_s", "infer_images_per_s",
@@ -152,3 +153,13 @@ def test_mixed_rows_deal_the_train_images_one_kind_each(shapes: Path, tmp_path: 
     mixed = json.loads((row.labels_dir(tmp_path / "cache") / "mixed" / "mixed.json").read_text())
     assert sorted(mixed["assignment"].values()).count("points") == 2 and len(mixed["assignment"]) == 8
     assert row.recipe(tmp_path / "cache").data.labels.endswith("/mixed")
+
+
+def test_pseudo_summary_keeps_the_seed_scores_at_every_threshold() -> None:
+    scores = {"miou": 0.2, "boundary_f": 0.1, "jf": 0.15, "per_class_iou": [0.2]}
+    sweep = {"thresholds": [0.0, 0.5], "miou": [0.3, 0.2], "best": {"threshold": 0.0, "miou": 0.3}}
+    metrics = {**dict.fromkeys(("baseline", "seed", "refined"), scores), "pseudo": {"miou": 0.25}, "coverage": 0.8,
+               "images": 4, "seed_thresholds": sweep}  # fmt: skip
+    summary = bench.pseudo_summary(metrics, PseudoLabelConfig())
+    assert summary["seed_thresholds"] == sweep and summary["seed"] == {"miou": 0.2, "boundary_f": 0.1}
+    assert summary["pseudo"] == {"miou": 0.25, "coverage": 0.8} and summary["images"] == 4

@@ -358,11 +358,14 @@ def run_row(row: Row, cache: Path, commit: str) -> dict:
 
 
 def pseudo_summary(metrics: dict, cfg: PseudoLabelConfig) -> dict:
-    """The seed-quality figures a bench row keeps: mIoU and boundary F of each labelling on the train split."""
+    """The seed-quality figures a bench row keeps: mIoU and boundary F of each labelling on the train split, and the
+    seed mIoU at every background threshold."""
     out = {name: {"miou": metrics[name]["miou"], "boundary_f": metrics[name]["boundary_f"]} for name in STAGES}
     out["pseudo"] = {"miou": metrics["pseudo"]["miou"], "coverage": metrics["coverage"]}
     out["images"] = metrics["images"]
     out["config"] = to_dict(cfg)
+    if "seed_thresholds" in metrics:
+        out["seed_thresholds"] = metrics["seed_thresholds"]
     return out
 
 
