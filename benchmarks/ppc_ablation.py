@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from weakseg.bench import DATASETS, Row, git_commit
 from weakseg.engine.config import apply_overrides, from_dict, to_dict
 from weakseg.engine.pipeline import Pipeline
 from weakseg.engine.recipe import Recipe
+from weakseg.report import median_range
 
 # name → (bench row method, overrides of its recipe); each row adds one component to the one above.
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -100,7 +100,7 @@ def _spread(values: list[float]) -> str:
         return "—"
     if len(values) == 1:
         return f"{values[0]:.3f}"
-    return f"{statistics.median(values):.3f} ({min(values):.3f}–{max(values):.3f})"
+    return median_range(values)
 
 
 if __name__ == "__main__":

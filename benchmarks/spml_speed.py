@@ -20,13 +20,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import torch
-from steptime import build
+from steptime import build, step_seconds
 
 from weakseg.data.classes import get_class_set
 from weakseg.data.dataset import SegmentationDataset, voc_layout
@@ -93,12 +92,7 @@ def main() -> None:
     images = normalize(batch["image"], *runs["pce"][0].mean_std)
     for _ in range(args.steps + 1):
         for model, method, optimizer, times in runs.values():
-            start = time.perf_counter()
-            loss, _ = method.loss(method.forward(model, images), batch)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            times.append(time.perf_counter() - start)
+            times.append(step_seconds(model, method, optimizer, images, batch))
     print(f"{torch.get_num_threads()} threads, batch 8, crop 256, median of {args.steps} steps after one warm-up")
     reference = statistics.median(runs["pce"][3][1:])
     for name, (_, method, _, times) in runs.items():

@@ -22,17 +22,22 @@ def build(
     return model.train(), method
 
 
+def step_seconds(
+    model: SegmentationModel, method: Method, optimizer: torch.optim.Optimizer, images: torch.Tensor, batch: dict
+) -> float:
+    """Seconds of one forward + loss + backward + optimiser step."""
+    start = time.perf_counter()
+    loss, _ = method.loss(method.forward(model, images), batch)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return time.perf_counter() - start
+
+
 def median_step_seconds(
     model: SegmentationModel, method: Method, images: torch.Tensor, batch: dict, steps: int
 ) -> float:
     """Median seconds of forward + loss + backward + SGD over ``steps`` steps, after one warm-up step."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    times = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()
-        loss, _ = method.loss(method.forward(model, images), batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        times.append(time.perf_counter() - start)
+    times = [step_seconds(model, method, optimizer, images, batch) for _ in range(steps + 1)]
     return statistics.median(times[1:])

@@ -196,7 +196,7 @@ class Row:
         for name in cache_fields(METHODS[method_of(self.method)]):
             recipe["method_args"].pop(name, None)
         recipe["data"]["root"] = self.dataset.folder
-        digests = []
+        labels, digests = self.protocol_hash(), []
         for era in range(len(LATER_KEYS) + 1):
             pruned = copy.deepcopy(recipe)
             for path, default in LATER_KEYS[era:]:
@@ -204,7 +204,7 @@ class Row:
                 section = functools.reduce(dict.__getitem__, parents, pruned)
                 if section.get(key, default) == default:
                     section.pop(key, None)
-            digests.append(_digest({"recipe": pruned, "labels": self.protocol_hash(), "profile": self.profile}))
+            digests.append(_digest({"recipe": pruned, "labels": labels, "profile": self.profile}))
         return [digests[0], *dict.fromkeys(digests[1:])]
 
     def is_current(self, cache: Path) -> bool:

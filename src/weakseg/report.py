@@ -101,7 +101,7 @@ def seed_table(records: list[dict]) -> str | None:
     lines = ["| method | supervision | seeds | " + " | ".join(titles) + " |", "|" + "---|" * (len(titles) + 3)]
     for (method, supervision), rows in groups.items():
         cells = []
-        for columns, summary in ((SEED_COLUMNS, _mean_sd), (SPREAD_COLUMNS, _median_range)):
+        for columns, summary in ((SEED_COLUMNS, _mean_sd), (SPREAD_COLUMNS, median_range)):
             for key, _ in columns:
                 values = [v for v in (_value(r, key) for r in rows) if v is not None]
                 cells.append(summary(values) if len(values) > 1 else "—")
@@ -114,7 +114,8 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def _median_range(values: list[float]) -> str:
+def median_range(values: list[float]) -> str:
+    """``median (min–max)`` to 3 decimals."""
     return f"{statistics.median(values):.3f} ({min(values):.3f}–{max(values):.3f})"
 
 
