@@ -9,7 +9,8 @@ in the paper's table, at the pseudo-labels' background threshold and at the best
 "a range of thresholds"). The base and full-PPC variants resume in the `seam-tags` / `ppc-tags` bench rows' folders
 and reuse the stages those rows ran (``stages_run`` lists what this script ran itself). Results go to
 `benchmarks/results/ablations/voc454-ppc-tags.json`; a variant and seed already there with the same recipe is not
-rerun unless ``--force``.
+rerun unless ``--force``. ``BASE_PROBES`` are variants of the base alone, each changing one thing, to find what keeps
+our `seam` below the plain CAM learner; they print as a second table.
 """
 
 from __future__ import annotations
@@ -34,11 +35,17 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "+ prototype mining": ("ppc", ["method_args.sampling=false"]),
     "+ pixel sampling (ppc)": ("ppc", []),
 }
+# What limits the seam base (docs/ppc.md, "Figures"): one change at a time to the seam-tags row's recipe.
+BASE_PROBES: dict[str, tuple[str, list[str]]] = {
+    "seam without ER (two-view classification only)": ("seam", ["method_args.er_weight=0"]),
+    "seam, second view 192²": ("seam", ["method_args.view_size=192"]),
+}
+ALL_VARIANTS = {**VARIANTS, **BASE_PROBES}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=list(ALL_VARIANTS), choices=list(ALL_VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--data-root", type=Path, default=Path("../shared/data"))
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
@@ -49,12 +56,13 @@ def main() -> None:
     out = args.results / "ablations" / "voc454-ppc-tags.json"
     table = json.loads(out.read_text()) if out.is_file() else {}
     for name in args.variants:
-        method, overrides = VARIANTS[name]
+        method, overrides = ALL_VARIANTS[name]
         for seed in args.seeds:
             row = Row("standard", DATASETS["voc454"], method, "tags", args.data_root, args.results, seed)
             # A variant without overrides is the bench row itself: it resumes in the row's folder, so the CAM and
             # pseudo-label stages the row already ran are reused rather than trained again.
-            folder = args.cache / "runs" / "ablations" / "voc454" / "ppc-tags" / f"{list(VARIANTS).index(name)}-{seed}"
+            index = list(ALL_VARIANTS).index(name)
+            folder = args.cache / "runs" / "ablations" / "voc454" / "ppc-tags" / f"{index}-{seed}"
             place = [f"output_dir={folder}"] if overrides else []
             recipe_dict = apply_overrides(to_dict(row.recipe(args.cache)), [*overrides, *place])
             recipe = from_dict(Recipe, recipe_dict).check()
@@ -84,9 +92,15 @@ def main() -> None:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(table, indent=2) + "\n")
     print("voc454 tags, CAM seeds on train (standard profile: cam stage 300 steps × batch 8, crop 256)")
+    for title, variants in (("The paper's table 5", VARIANTS), ("Probes of the seam base", BASE_PROBES)):
+        _print_table(title, table, variants)
+
+
+def _print_table(title: str, table: dict, variants: dict) -> None:
+    print(f"\n{title}\n")
     print("| variant | seeds | seed mIoU (t = 0.15) | seed F | PAMR-refined mIoU | best-threshold seed mIoU | best t |")
     print("|---|---|---|---|---|---|---|")
-    for name in VARIANTS:
+    for name in variants:
         runs = [r for r in table.values() if r["variant"] == name]
         if runs:
             keys = ("seed_miou", "seed_boundary_f", "refined_miou", "best_threshold_seed_miou", "best_threshold")
