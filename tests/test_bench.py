@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +17,7 @@ from weakseg import bench
 from weakseg.bench import DATASETS, BenchDataset, Row, plan_rows, run_row, update_ratios
 from weakseg.data.formats import write_json
 from weakseg.data.simulate import LabelProtocol
+from weakseg.engine.trainer import Trainer
 from weakseg.errors import ConfigError
 from weakseg.pseudo.cam import PseudoLabelConfig
 
@@ -118,13 +124,19 @@ def test_a_row_recorded_before_a_later_key_existed_is_still_current(
     assert row.is_current(tmp_path)
 
 
-def test_one_row_end_to_end(shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def tiny_row(shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Row:
+    """A `pce` scribbles row on the shapes data: 4 steps, a checkpoint every 2."""
     tiny = BenchDataset("shapes", shapes.name, "voc", protocol=LabelProtocol(min_component_area=4))
     monkeypatch.setitem(DATASETS, "shapes", tiny)
-    monkeypatch.setitem(bench.PROFILES, "quick", ["train.steps=2", "train.ckpt_every=2"])
+    monkeypatch.setitem(bench.PROFILES, "quick", ["train.steps=4", "train.ckpt_every=2"])
     monkeypatch.setattr(bench, "SHARED", ["augment.crop_size=48", "train.batch_size=2", "data.num_workers=0",
                                           "model.head_channels=16", "model.pretrained=false"])  # fmt: skip
-    row = Row("quick", tiny, "pce", "scribbles", shapes.parent, tmp_path / "results")
+    return Row("quick", tiny, "pce", "scribbles", shapes.parent, tmp_path / "results")
+
+
+def test_one_row_end_to_end(tiny_row: Row, tmp_path: Path) -> None:
+    row = tiny_row
     record = run_row(row, tmp_path / "cache", "abc123")
     assert set(record) >= REQUIRED
     assert record["git_commit"] == "abc123" and record["seed"] == 0
@@ -133,6 +145,40 @@ def test_one_row_end_to_end(shapes: Path, tmp_path: Path, monkeypatch: pytest.Mo
     assert record["fingerprint"] == row.fingerprint(tmp_path / "cache")
     assert set(record["per_class_iou"]) == {"background", "disc", "square", "triangle", "ring"}
     assert (tmp_path / "cache" / "labels" / "shapes").is_dir()
+
+
+def test_an_interrupted_row_resumes_where_it_stopped(
+    tiny_row: Row, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uninterrupted = run_row(tiny_row, tmp_path / "whole", "abc123")
+    assert "resumed_stages" not in uninterrupted
+    cache = tmp_path / "cache"
+    save = Trainer.save
+
+    def save_then_stop(trainer: Trainer, name: str) -> None:
+        save(trainer, name)
+        if trainer.step == 2:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "save", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            run_row(tiny_row, cache, "abc123", resume=True)
+    resumed = run_row(tiny_row, cache, "abc123", resume=True)
+    assert resumed["resumed_stages"] == ["train"]
+    assert resumed["miou"] == uninterrupted["miou"]  # the same weights: resuming is exact on CPU
+    assert resumed["train_images_per_s"] > 0 and "random" in resumed["backbone"]
+
+
+def test_a_row_does_not_resume_checkpoints_of_another_recipe(tiny_row: Row, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    run_row(tiny_row, cache, "abc123")
+    marker = Path(tiny_row.recipe(cache).output_dir) / bench.ROW_MARKER
+    assert json.loads(marker.read_text()) == {"fingerprint": tiny_row.fingerprint(cache)}
+    write_json(marker, {"fingerprint": "another recipe"})
+    assert "resumed_stages" not in run_row(tiny_row, cache, "abc123", resume=True)
+    finished = run_row(tiny_row, cache, "abc123", resume=True)  # nothing left to train: recorded figures reused
+    assert finished["resumed_stages"] == ["train"] and finished["train_images_per_s"] > 0
 
 
 def test_update_ratios_uses_the_full_row(tmp_path: Path) -> None:
@@ -163,3 +209,25 @@ def test_pseudo_summary_keeps_the_seed_scores_at_every_threshold() -> None:
     summary = bench.pseudo_summary(metrics, PseudoLabelConfig())
     assert summary["seed_thresholds"] == sweep and summary["seed"] == {"miou": 0.2, "boundary_f": 0.1}
     assert summary["pseudo"] == {"miou": 0.25, "coverage": 0.8} and summary["images"] == 4
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_terminated_bench_stops_its_row_process(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    sleeper = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    parent_code = (
+        f"from weakseg.bench import run_child_process; run_child_process([{sys.executable!r}, '-c', {sleeper!r}])"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code])
+    deadline = time.monotonic() + 60
+    while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child_pid = int(pid_file.read_text())
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+    with pytest.raises(ProcessLookupError):  # reaped by the parent, not left running
+        os.kill(child_pid, 0)
+
+
+def test_run_child_process_returns_the_exit_code() -> None:
+    assert bench.run_child_process([sys.executable, "-c", "raise SystemExit(3)"]) == 3

@@ -23,7 +23,7 @@ def test_docs_tables_and_plot(tmp_path: Path) -> None:
     rows = [
         _record("voc454", "pce", "scribbles", 0.30, 0.02),
         _record("voc454", "full", "full", 0.40, 0.95),
-        _record("voc454", "pce", "points", 0.20, 0.0001),
+        {**_record("voc454", "pce", "points", 0.20, 0.0001), "resumed_stages": ["train"]},
         _record("camvid", "full", "full", 0.50, 0.9),
     ]
     for r in rows:
@@ -32,6 +32,7 @@ def test_docs_tables_and_plot(tmp_path: Path) -> None:
     voc = text[text.index("### voc454") :]
     assert voc.index("| full | full |") < voc.index("| pce | points |") < voc.index("| pce | scribbles |")
     assert "| pce | points | 0 | 0.0100% | 0.200 |" in voc
+    assert "| 2500 | 10.0 (resumed) |" in voc and "| 2500 | 10.0 |" in voc  # a resumed row's wall time is partial
     assert "### camvid" in text and "`pce-points`: points protocol" in text
     assert "weakseg bench --profile standard --datasets camvid voc454 --methods full pce" in text
     assert (docs / "standard-benchmarks-miou-vs-labels.png").stat().st_size > 1000

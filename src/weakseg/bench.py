@@ -17,8 +17,10 @@ import logging
 import os
 import platform
 import resource
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,8 @@ from weakseg.methods import METHODS
 from weakseg.pseudo.cam import PseudoLabelConfig
 
 log = logging.getLogger(__name__)
+
+ROW_MARKER = "bench-row.json"  # in a row's run folder: the fingerprint its checkpoints were trained under
 
 # Row order in the tables: the upper bound first, then methods as they land.
 METHOD_ORDER = ("full", "pce", "rloss", "cam", "hfpl", "seam", "ppc", "ppc-hfpl", "spml", "pmp", "pmp-pretrained")
@@ -289,15 +293,28 @@ def derive_all(row: Row, out: Path) -> None:
     )
 
 
-def run_row(row: Row, cache: Path, commit: str) -> dict:
-    """Train and evaluate one row (every stage of its method) in this process; return its JSON record."""
+def run_row(row: Row, cache: Path, commit: str, *, resume: bool = False) -> dict:
+    """Train and evaluate one row (every stage of its method) in this process; return its JSON record.
+
+    With ``resume``, a row interrupted earlier under the same fingerprint continues from its stages' checkpoints
+    (bit for bit the same training on CPU); its record lists them as ``resumed_stages``, and its ``wall_s`` and images/s
+    cover this process only."""
     from weakseg.engine.device import select_device
     from weakseg.engine.pipeline import Pipeline
+    from weakseg.engine.trainer import LAST
 
     start = time.perf_counter()
     labels = ensure_labels(row, cache) if row.supervision != "full" else None
     recipe = row.recipe(cache)
     pipeline = Pipeline(recipe, progress=False)
+    fingerprint = row.fingerprint(cache)
+    marker = Path(recipe.output_dir) / ROW_MARKER
+    resume = resume and marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint
+    write_json(marker, {"fingerprint": fingerprint})
+    resumed = [
+        name for name in pipeline.stages
+        if resume and (pipeline.finished(name) or (pipeline.stage_dir(name) / LAST).is_file())
+    ]  # fmt: skip
     if row.supervision == "full":
         train = SegmentationDataset(recipe.data, recipe.data.train_split, kinds=("mask",), required=("mask",))
         fraction, protocol = train.labelled_pixel_fraction("mask"), "full masks"
@@ -311,7 +328,7 @@ def run_row(row: Row, cache: Path, commit: str) -> dict:
     else:
         fraction = labels["summary"][row.supervision].get("labelled_pixel_fraction")
         protocol = row.dataset.protocol.describe([row.supervision], given_boxes=row.dataset.given_boxes is not None)
-    result = pipeline.run()
+    result = pipeline.run(resume=resume)
     m = result.metrics
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     final = pipeline.stage_recipe(pipeline.stages[-1])
@@ -344,8 +361,10 @@ def run_row(row: Row, cache: Path, commit: str) -> dict:
         "seed": recipe.train.seed,
         "git_commit": commit,
         "command": command_for(row),
-        "fingerprint": row.fingerprint(cache),
+        "fingerprint": fingerprint,
     }
+    if resumed:
+        record["resumed_stages"] = resumed
     if pipeline.multi_stage:
         first = pipeline.stage_recipe(pipeline.stages[0])
         record["stages"] = {
@@ -402,7 +421,8 @@ def bench(
     force: bool = False,
     seeds: list[int] | None = None,
 ) -> list[Path]:
-    """Run the rows that are missing or stale (each in a child process), then refresh ratios and docs."""
+    """Run the rows that are missing or stale (each in a child process), then refresh ratios and docs. A row that was
+    interrupted resumes from its checkpoints unless ``force``."""
     rows = plan_rows(profile, datasets, methods, supervisions, data_root, results, seeds)
     commit = git_commit()
     done = []
@@ -424,8 +444,9 @@ def bench(
             str(results),
             str(cache),
             commit,
+            "fresh" if force else "resume",
         ]
-        if subprocess.run(cmd).returncode != 0:
+        if run_child_process(cmd) != 0:
             raise WeakSegError(f"benchmark row {row.dataset.name} {row.name} failed (its error is printed above)")
         record = json.loads(row.json_path.read_text())
         print(f"  mIoU {record['miou']:.4f}, boundary F {record['boundary_f']:.4f}, {record['wall_s']:.0f} s")
@@ -437,11 +458,35 @@ def bench(
     return done
 
 
+def run_child_process(cmd: list[str]) -> int:
+    """Run ``cmd`` and return its exit code; if this process is interrupted (Ctrl-C) or terminated (SIGTERM, as job
+    schedulers and ``timeout`` send), the child is stopped too rather than left training on its own."""
+    child = subprocess.Popen(cmd)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main_thread else None
+    try:
+        return child.wait()
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _child(argv: list[str]) -> None:
-    profile, dataset, method, supervision, seed, data_root, results, cache, commit = argv
+    profile, dataset, method, supervision, seed, data_root, results, cache, commit, start = argv
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     row = Row(profile, DATASETS[dataset], method, supervision, Path(data_root), Path(results), int(seed))
-    record = run_row(row, Path(cache), commit)
+    record = run_row(row, Path(cache), commit, resume=start == "resume")
     write_json(row.json_path, record)
 
 

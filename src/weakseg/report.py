@@ -46,7 +46,9 @@ def _cell(record: dict, key: str, fmt: str) -> str:
     value = _value(record, key)
     if value is None:
         return "—"
-    return fmt.format(value / 60 if key == "wall_s" else value)
+    if key == "wall_s":  # a resumed row's wall time covers the last process only
+        return fmt.format(value / 60) + (" (resumed)" if record.get("resumed_stages") else "")
+    return fmt.format(value)
 
 
 def load_records(results: Path) -> dict[str, dict[str, list[dict]]]:

@@ -122,10 +122,12 @@ class Pipeline:
             if not self.finished(name):
                 raise TrainingError(f"{self.stage_dir(name)}: stage '{name}' has not finished; cannot start at {start}")
         walls: dict[str, float] = {}
-        images_per_s, weights = 0.0, "not run (all stages had finished)"
+        images_per_s, weights = 0.0, "not run"
         for name in self.stages[first : last + 1]:
             if resume and start is None and self.finished(name):
                 log.info("stage %s: finished, skipped (%s)", name, self.stage_dir(name))
+                if name not in (PSEUDO_STAGE, RELABEL_STAGE):
+                    images_per_s, weights = self._recorded_training(name)
                 continue
             begin = time.perf_counter()
             if name == PSEUDO_STAGE:
@@ -147,6 +149,11 @@ class Pipeline:
         if resume and trainer.resume():
             log.info("stage %s: resuming at step %d of %d", name, trainer.step, recipe.train.steps)
         return trainer.fit().train_images_per_s, trainer.model.backbone.info.weights_source
+
+    def _recorded_training(self, name: str) -> tuple[float, str]:
+        """A finished training stage's images/s and starting weights, as its ``metrics.json`` recorded them."""
+        summary = json.loads((self.stage_dir(name) / "metrics.json").read_text())
+        return summary.get("train_images_per_s", 0.0), summary.get("weights_source", "not recorded")
 
     def run_pseudo_labels(self) -> dict:
         """CAMs of the training split → ``pseudo/labels/*.png`` and ``pseudo/metrics.json``."""

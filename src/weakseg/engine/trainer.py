@@ -331,7 +331,8 @@ class Trainer:
             metrics = self._validate()
             self.save(LAST)
         if distributed.is_main():
-            summary = {**metrics, "step": self.step, "train_images_per_s": images_per_s, "processes": self.world}
+            summary = {**metrics, "step": self.step, "train_images_per_s": images_per_s, "processes": self.world,
+                       "weights_source": self.model.backbone.info.weights_source}  # fmt: skip
             if self.device.type == "cuda":
                 summary["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
             write_json(self.out / "metrics.json", summary)
