@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
+import pytest
 import torch
 
 from weakseg.data.classes import IGNORE_INDEX
@@ -76,3 +79,23 @@ def test_dilate_labels_keeps_existing_labels() -> None:
     out = dilate_labels(labels, 1)
     assert out[0, 2, 2] == 3 and out[0, 0, 0] == 1
     assert out[0, 1, 2] == 3 and out[0, 0, 1] == 1 and out[0, 1, 1] == IGNORE_INDEX
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3])
+def test_dilate_labels_takes_a_nearest_label_within_the_radius(radius: int) -> None:
+    """Against a loop over every (pixel, labelled pixel) pair: a pixel takes one of the labels at its smallest
+    squared distance ≤ radius², and stays unlabelled when there is none."""
+    g = torch.Generator().manual_seed(radius)
+    labels = torch.full((2, 9, 11), IGNORE_INDEX)
+    marked = torch.rand(labels.shape, generator=g) < 0.08
+    labels[marked] = torch.randint(0, 4, (int(marked.sum()),), generator=g)
+    out = dilate_labels(labels, radius)
+    for b, y, x in itertools.product(range(2), range(9), range(11)):
+        nearest: dict[int, set[int]] = {}
+        for v, u in marked[b].nonzero().tolist():
+            nearest.setdefault((v - y) ** 2 + (u - x) ** 2, set()).add(int(labels[b, v, u]))
+        d2 = min((d for d in nearest if d <= radius * radius), default=None)
+        if d2 is None:
+            assert out[b, y, x] == IGNORE_INDEX
+        else:
+            assert int(out[b, y, x]) in nearest[d2]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from weakseg.data.classes import IGNORE_INDEX
 
@@ -36,19 +37,16 @@ def dilate_labels(labels: torch.Tensor, radius: int, ignore_index: int = IGNORE_
     """Grow labelled pixels of a B×H×W map into unlabelled pixels within ``radius`` (nearest label wins)."""
     if radius <= 0:
         return labels
-    out = labels.clone()
     h, w = labels.shape[-2:]
-    best = torch.full_like(labels, radius * radius + 1)
-    best[labels != ignore_index] = 0
-    for dy, dx in disk_offsets(radius, labels.device).tolist():
+    padded = F.pad(labels, (radius, radius, radius, radius), value=ignore_index)
+    out = labels
+    best = torch.where(labels != ignore_index, 0, radius * radius + 1)
+    for dy, dx in disk_offsets(radius).tolist():
         d2 = dy * dy + dx * dx
         if d2 == 0:
             continue
-        shifted = torch.full_like(labels, ignore_index)
-        ys, yd = slice(max(-dy, 0), h - max(dy, 0)), slice(max(dy, 0), h - max(-dy, 0))
-        xs, xd = slice(max(-dx, 0), w - max(dx, 0)), slice(max(dx, 0), w - max(-dx, 0))
-        shifted[:, yd, xd] = labels[:, ys, xs]
-        take = (shifted != ignore_index) & (d2 < best)
-        out[take] = shifted[take]
-        best[take] = d2
+        shifted = padded[:, radius - dy : radius - dy + h, radius - dx : radius - dx + w]  # labels[y − dy, x − dx]
+        take = (shifted != ignore_index) & (best > d2)
+        out = torch.where(take, shifted, out)
+        best = torch.where(take, d2, best)
     return out
