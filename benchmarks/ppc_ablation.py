@@ -39,6 +39,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 BASE_PROBES: dict[str, tuple[str, list[str]]] = {
     "seam without ER (two-view classification only)": ("seam", ["method_args.er_weight=0"]),
     "seam, second view 192²": ("seam", ["method_args.view_size=192"]),
+    "ppc on seam, second view 192²": ("ppc", ["method_args.view_size=192"]),
 }
 ALL_VARIANTS = {**VARIANTS, **BASE_PROBES}
 
