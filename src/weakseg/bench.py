@@ -297,11 +297,10 @@ def run_row(row: Row, cache: Path, commit: str, *, resume: bool = False) -> dict
     """Train and evaluate one row (every stage of its method) in this process; return its JSON record.
 
     With ``resume``, a row interrupted earlier under the same fingerprint continues from its stages' checkpoints
-    (bit for bit the same training on CPU); its record lists them as ``resumed_stages``, and its ``wall_s`` and images/s
-    cover this process only."""
+    (bit for bit the same training on CPU); its record lists the stages it reused as ``resumed_stages``, and its
+    ``wall_s`` and images/s cover this process only."""
     from weakseg.engine.device import select_device
     from weakseg.engine.pipeline import Pipeline
-    from weakseg.engine.trainer import LAST
 
     start = time.perf_counter()
     labels = ensure_labels(row, cache) if row.supervision != "full" else None
@@ -311,10 +310,6 @@ def run_row(row: Row, cache: Path, commit: str, *, resume: bool = False) -> dict
     marker = Path(recipe.output_dir) / ROW_MARKER
     resume = resume and marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint
     write_json(marker, {"fingerprint": fingerprint})
-    resumed = [
-        name for name in pipeline.stages
-        if resume and (pipeline.finished(name) or (pipeline.stage_dir(name) / LAST).is_file())
-    ]  # fmt: skip
     if row.supervision == "full":
         train = SegmentationDataset(recipe.data, recipe.data.train_split, kinds=("mask",), required=("mask",))
         fraction, protocol = train.labelled_pixel_fraction("mask"), "full masks"
@@ -363,8 +358,8 @@ def run_row(row: Row, cache: Path, commit: str, *, resume: bool = False) -> dict
         "command": command_for(row),
         "fingerprint": fingerprint,
     }
-    if resumed:
-        record["resumed_stages"] = resumed
+    if result.resumed_stages:
+        record["resumed_stages"] = result.resumed_stages
     if pipeline.multi_stage:
         first = pipeline.stage_recipe(pipeline.stages[0])
         record["stages"] = {

@@ -109,11 +109,12 @@ def test_resume_skips_finished_stages_and_continues_the_unfinished_one(shapes: P
     Trainer(pipeline.stage_recipe("cam"), progress=False).fit(until=2)  # interrupted after step 2
     assert not pipeline.finished("cam")
     result = pipeline.run(resume=True)
-    assert list(result.stage_wall_s) == ["cam", "pseudo", "seg"]
+    assert list(result.stage_wall_s) == ["cam", "pseudo", "seg"] and result.resumed_stages == ["cam"]
     history = load_checkpoint(tmp_path / "cam" / "last.pt")["history"]
     assert [row["step"] for row in history if "loss" in row] == [1, 2, 3, 4]  # steps 1–2 kept, 3–4 resumed
     again = pipeline.run(resume=True)
     assert again.stage_wall_s == {} and again.metrics["miou"] == result.metrics["miou"]
+    assert again.resumed_stages == ["cam", "pseudo", "seg"]
 
 
 def test_start_at_a_stage_reuses_the_earlier_ones(shapes: Path, tmp_path: Path) -> None:

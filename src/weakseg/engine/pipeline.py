@@ -45,6 +45,7 @@ class PipelineResult:
     train_images_per_s: float  # of the last training stage run
     weights_source: str  # the ImageNet weights the last training stage started from
     stage_wall_s: dict[str, float] = field(default_factory=dict)
+    resumed_stages: list[str] = field(default_factory=list)  # skipped as finished, or continued from a checkpoint
 
 
 class Pipeline:
@@ -122,10 +123,12 @@ class Pipeline:
             if not self.finished(name):
                 raise TrainingError(f"{self.stage_dir(name)}: stage '{name}' has not finished; cannot start at {start}")
         walls: dict[str, float] = {}
+        resumed: list[str] = []
         images_per_s, weights = 0.0, "not run"
         for name in self.stages[first : last + 1]:
             if resume and start is None and self.finished(name):
                 log.info("stage %s: finished, skipped (%s)", name, self.stage_dir(name))
+                resumed.append(name)
                 if name not in (PSEUDO_STAGE, RELABEL_STAGE):
                     images_per_s, weights = self._recorded_training(name)
                 continue
@@ -135,20 +138,23 @@ class Pipeline:
             elif name == RELABEL_STAGE:
                 self.run_relabel()
             else:
-                images_per_s, weights = self.run_training(name, resume=resume and start is None)
+                images_per_s, weights, continued = self.run_training(name, resume=resume and start is None)
+                resumed += [name] if continued else []
             walls[name] = time.perf_counter() - begin
         metrics = self._final_metrics()
-        return PipelineResult(self.out, metrics, self.final_checkpoint(), images_per_s, weights, walls)
+        return PipelineResult(self.out, metrics, self.final_checkpoint(), images_per_s, weights, walls, resumed)
 
-    def run_training(self, name: str, *, resume: bool) -> tuple[float, str]:
-        """Train stage ``name``; returns its images/s and the weights it started from."""
+    def run_training(self, name: str, *, resume: bool) -> tuple[float, str, bool]:
+        """Train stage ``name``; returns its images/s, the weights it started from and whether it continued from a
+        checkpoint."""
         recipe = self.stage_recipe(name)
         trainer = Trainer(recipe, progress=self.progress)
         log.info("stage %s: %s / %s, weights: %s", name, recipe.method, recipe.supervision,
                  trainer.model.backbone.info.weights_source)  # fmt: skip
-        if resume and trainer.resume():
+        continued = resume and trainer.resume()
+        if continued:
             log.info("stage %s: resuming at step %d of %d", name, trainer.step, recipe.train.steps)
-        return trainer.fit().train_images_per_s, trainer.model.backbone.info.weights_source
+        return trainer.fit().train_images_per_s, trainer.model.backbone.info.weights_source, continued
 
     def _recorded_training(self, name: str) -> tuple[float, str]:
         """A finished training stage's images/s and starting weights, as its ``metrics.json`` recorded them."""
