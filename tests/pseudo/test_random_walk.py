@@ -9,7 +9,15 @@ import torch
 from torch import Tensor
 
 from weakseg.pseudo import RandomWalk
-from weakseg.pseudo.random_walk import affinity, transition, walk, window_affinity, window_offsets, window_radii
+from weakseg.pseudo.random_walk import (
+    affinity,
+    negligible,
+    transition,
+    walk,
+    window_affinity,
+    window_offsets,
+    window_radii,
+)
 
 
 def random_inputs(b: int, k: int, d: int, h: int, w: int, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -181,6 +189,36 @@ def test_probabilities_stay_probabilities_and_batch_is_independent(radius: int |
     assert (out <= probs.amax((2, 3), keepdim=True) + 1e-6).all()
     for i in range(3):
         torch.testing.assert_close(out[i : i + 1], rw(probs[i : i + 1], embeddings[i : i + 1].float()))
+
+
+def tiny_nonzero(x: Tensor, bound: float) -> Tensor:
+    return (x != 0) & (x.abs() < bound)
+
+
+@pytest.mark.parametrize("radius", [None, 2])
+def test_negligible_entries_are_dropped_without_changing_the_walk(radius: int | None) -> None:
+    """Near-orthogonal float32 embeddings underflow exp(γβ(cos − 1)) into subnormals (many times slower to multiply on
+    CPUs), as do near-zero scores: the affinities, transitions and output hold no nonzero entry below √tiny, so no
+    product of two of them is subnormal, and the output equals the float64 walk's."""
+    g = torch.Generator().manual_seed(3)
+    embeddings = torch.randn(2, 64, 8, 8, generator=g)
+    scores = torch.rand(2, 3, 8, 8, generator=g)
+    scores[:, 0, :4] = 1e-40  # subnormal input scores
+    unit = torch.nn.functional.normalize(embeddings.flatten(2), dim=1)
+    raw = torch.bmm(unit.transpose(1, 2), unit).sub(1).mul(5.0 * 20.0).exp()
+    assert tiny_nonzero(raw, torch.finfo(raw.dtype).tiny).sum() > 50  # the case this test is about does occur
+    floor = negligible(torch.float32)
+    assert floor**2 >= torch.finfo(torch.float32).tiny
+    walker = RandomWalk(radius=radius)
+    if radius is None:
+        aff = affinity(embeddings)
+        assert not tiny_nonzero(transition(aff), floor).any()
+    else:
+        aff = window_affinity(embeddings, 5.0, 20.0, radius)
+    out = walker(scores, embeddings)
+    assert not tiny_nonzero(aff, floor).any() and not tiny_nonzero(out, floor).any()
+    expected = walker(scores.double(), embeddings.double())
+    assert torch.allclose(out.double(), expected, rtol=1e-5, atol=1e-7)
 
 
 def test_bad_arguments() -> None:
