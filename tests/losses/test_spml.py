@@ -155,6 +155,26 @@ def test_segment_contrast_matches_the_loop_values_and_gradients(chunk: int, bank
     assert want[0] >= 0 and math.isfinite(float(want[0].detach()))
 
 
+def test_segment_contrast_stays_finite_when_the_other_positives_are_far_in_float32() -> None:
+    """The own segment (weight 1) shares its group with the only other positive, at the far side of the sphere
+    (weight e^{−2κ}, below float32's resolution at 1): the loss and its gradients match the float64 loop, not inf."""
+    e = torch.tensor([[1.0, 0.0]])
+    protos = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])  # own, the other positive, a negative
+    sets = SegmentSets(torch.tensor([0, 0, 1]), torch.tensor([0]), torch.tensor([[True, False]]),
+                       torch.tensor([[False, True]]))  # fmt: skip
+    e1, p1 = e.clone().requires_grad_(), protos.clone().requires_grad_()
+    got = segment_contrast(e1, torch.tensor([0]), p1, sets, 16.0)
+    e2, p2 = e.double().requires_grad_(), protos.double().requires_grad_()
+    want = loop_contrast(e2, torch.tensor([0]), p2, torch.tensor([[True, True, False]]),
+                         torch.tensor([[False, False, True]]), 16.0).sum()  # fmt: skip
+    assert math.isfinite(got.item()) and want.item() > 15  # −log(e^{−32} / (e^{−32} + e^{−16}))
+    torch.testing.assert_close(got.double(), want.detach())
+    got.backward()
+    want.backward()
+    torch.testing.assert_close(e1.grad.double(), e2.grad)
+    torch.testing.assert_close(p1.grad.double(), p2.grad)
+
+
 def test_segment_contrast_gradient_follows_any_upstream_scale() -> None:
     """The gradient is computed in the forward pass; the backward pass scales it by the upstream gradient."""
     e, own, protos, sets = _contrast_case(4)

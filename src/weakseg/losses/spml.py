@@ -220,17 +220,17 @@ def _contrast_sum(
         # Unit vectors: κ e·μ ∈ [−κ, κ], so exp(κ(e·μ − 1)) ∈ [e^{−2κ}, 1] needs no max-shift.
         weights = buffer[: every.shape[0] * e.shape[0]].view(every.shape[0], e.shape[0])  # S×n
         torch.addmm(every.new_full((), -kappa), every, e.T, alpha=kappa, out=weights).exp_()
-        by_group = weights.new_zeros(groups, e.shape[0]).index_add_(0, group, weights)  # G×n
+        # The own segment is summed apart: subtracting its weight (near 1) from its group's sum would cancel the
+        # other members' (down to e^{−2κ}) to 0 in float32, and the loss to inf.
+        own_weight = weights[own_c, cols].clone()
+        weights[own_c, cols] = 0.0
+        by_group = weights.new_zeros(groups, e.shape[0]).index_add_(0, group, weights)  # G×n, own segment left out
         pos = sets.positive[kind].T  # G×n
         neg = sets.negative[kind].T & ~pos
-        own_weight = weights[own_c, cols]
-        own_group = group[own_c]
-        own_positive = pos[own_group, cols].to(weights.dtype)
-        own_negative = neg[own_group, cols].to(weights.dtype)
+        own_positive = pos[group[own_c], cols].to(weights.dtype)
         others = (pos * sizes).sum(0) - own_positive  # positives besides the own segment
-        pos_sum = (by_group * pos).sum(0) - own_positive * own_weight
-        numerator = torch.where(others > 0, pos_sum, own_weight)
-        denominator = numerator + (by_group * neg).sum(0) - own_negative * own_weight
+        numerator = torch.where(others > 0, (by_group * pos).sum(0), own_weight)
+        denominator = numerator + (by_group * neg).sum(0)
         total += (torch.log(denominator) - torch.log(numerator)).sum()
         if not (grad_e or grad_p):
             continue
