@@ -77,19 +77,17 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     from weakseg.data.dataset import SegmentationDataset
     from weakseg.data.formats import write_json
     from weakseg.engine import distributed
-    from weakseg.engine.config import apply_overrides, from_dict, to_dict
     from weakseg.engine.device import select_device
     from weakseg.engine.evaluator import evaluate
     from weakseg.engine.pipeline import pseudo_label_dataset
     from weakseg.engine.pseudo_labels import make_pseudo_labels
-    from weakseg.engine.recipe import Recipe
     from weakseg.engine.trainer import load_model_from_checkpoint
     from weakseg.methods import METHODS
 
     device = select_device(args.device)
     checkpoint, seed_metrics = _resolve_checkpoint(Path(args.checkpoint))
-    model, recipe, _ = load_model_from_checkpoint(checkpoint, device)
-    recipe = from_dict(Recipe, apply_overrides(to_dict(recipe), args.overrides)).check()
+    model, recipe, _ = load_model_from_checkpoint(checkpoint, device, args.overrides)
+    recipe = recipe.check()
     pred_dir = Path(args.save_predictions) if args.save_predictions else None
     if not METHODS[recipe.method].trains_decoder:
         # A CAM learner: its output is the pseudo-labels; score them on the training split by default.
@@ -160,15 +158,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from weakseg.data.classes import ClassSet
-    from weakseg.engine.config import apply_overrides, from_dict, to_dict
     from weakseg.engine.device import select_device
     from weakseg.engine.predict import expand_inputs, predict_files
-    from weakseg.engine.recipe import Recipe
     from weakseg.engine.trainer import load_model_from_checkpoint
 
     device = select_device(args.device)
-    model, recipe, state = load_model_from_checkpoint(args.checkpoint, device)
-    recipe = from_dict(Recipe, apply_overrides(to_dict(recipe), args.overrides)).check()
+    model, recipe, state = load_model_from_checkpoint(args.checkpoint, device, args.overrides)
+    recipe = recipe.check()
     paths = expand_inputs(args.inputs)
     out = Path(args.out)
     predict_files(model, paths, out, ClassSet.from_dict(state["class_set"]), recipe.eval, device, not args.quiet)

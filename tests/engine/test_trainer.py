@@ -12,7 +12,7 @@ from tests.conftest import tiny_overrides
 from weakseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from weakseg.engine.recipe import load_recipe
 from weakseg.engine.trainer import Trainer, load_model_from_checkpoint, lr_factor
-from weakseg.errors import DataError, TrainingError
+from weakseg.errors import ConfigError, DataError, TrainingError
 
 
 def _trainer(shapes: Path, out: Path, recipe: str = "full", *extra: str) -> Trainer:
@@ -122,6 +122,19 @@ def test_checkpoint_rebuilds_the_model(shapes: Path, tmp_path: Path) -> None:
     x = torch.randn(1, 3, 48, 48)
     trainer.model.eval()
     torch.testing.assert_close(model(x)["logits"], trainer.model(x)["logits"])
+
+
+def test_checkpoint_overrides_reach_the_rebuilt_method(shapes: Path, tmp_path: Path) -> None:
+    """``weakseg eval CKPT method_args.random_walk=false`` turns SPML's inference walk off: the overrides apply before
+    the method builds the model's classifier; an unknown key is refused."""
+    _trainer(shapes, tmp_path, "spml-points", "train.steps=1").fit()
+    with_walk, _, _ = load_model_from_checkpoint(tmp_path / "last.pt", torch.device("cpu"))
+    without, recipe, _ = load_model_from_checkpoint(tmp_path / "last.pt", torch.device("cpu"),
+                                                    ["method_args.random_walk=false"])  # fmt: skip
+    assert with_walk.classifier.refine is not None and without.classifier.refine is None
+    assert recipe.method_args["random_walk"] is False
+    with pytest.raises(ConfigError, match="no_such_key"):
+        load_model_from_checkpoint(tmp_path / "last.pt", torch.device("cpu"), ["method_args.no_such_key=1"])
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -377,13 +378,17 @@ def _single_thread_worker(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def load_model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[SegmentationModel, Recipe, dict]:
-    """Rebuild the model of a checkpoint (no ImageNet weights needed) and load its weights."""
+def load_model_from_checkpoint(
+    path: str | Path, device: torch.device, overrides: Sequence[str] = ()
+) -> tuple[SegmentationModel, Recipe, dict]:
+    """Rebuild the model of a checkpoint (no ImageNet weights needed) and load its weights. ``overrides``
+    (``key=value``) change the checkpoint's recipe before the model and its method are built, so that inference
+    settings such as ``method_args.random_walk=false`` take effect."""
     from weakseg.data.classes import ClassSet
-    from weakseg.engine.config import from_dict
+    from weakseg.engine.config import apply_overrides, from_dict
 
     state = load_checkpoint(path)
-    recipe = from_dict(Recipe, state["recipe"])
+    recipe = from_dict(Recipe, apply_overrides(state["recipe"], list(overrides)))
     class_set = ClassSet.from_dict(state["class_set"])
     recipe.model.pretrained = False
     model = build_model(recipe.model, class_set.num_classes)
