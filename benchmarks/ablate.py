@@ -40,6 +40,8 @@ VARIANTS: dict[str, dict[str, list[str]]] = {
             "method_args.annotation_weight=0",
             "method_args.cooccurrence_weight=0",
         ],
+        # Not the paper's: the classifier's CE trains the whole model beside the contrast (`pce` + SPML's loss).
+        "classifier trained through the embedding": ["method_args.detach_classifier=false"],
     },
     # The paper's table 3 (from scratch): points only, then each module; "points only" thresholds the raw output.
     "pmp": {

@@ -229,6 +229,7 @@ LATER_KEYS: list[tuple[tuple[str, ...], object]] = [
     (("stages",), {}),
     (("train", "norm"), "batch"),
     (("train", "tensorboard"), True),
+    (("method_args", "detach_classifier"), True),
 ]
 
 

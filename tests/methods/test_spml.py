@@ -45,7 +45,16 @@ def test_classifier_reads_the_detached_embedding() -> None:
     torch.testing.assert_close(out["embedding"].norm(dim=1), torch.ones(2, 16, 16))
     out["logits"].sum().backward()
     assert model.heads["embedding"].net[0].weight.grad is None  # the classifier's loss never reaches the embedding
+    assert all(p.grad is None for p in model.decoder.parameters())
     assert model.classifier.net[0].weight.grad.abs().sum() > 0
+
+
+def test_classifier_trains_the_embedding_when_not_detached() -> None:
+    torch.manual_seed(0)
+    model, _ = _spml(random_walk=False, detach_classifier=False)
+    model(torch.randn(2, 3, 64, 64))["logits"].sum().backward()
+    assert model.heads["embedding"].net[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.decoder.parameters())
 
 
 def test_loss_trains_the_embedding_with_the_contrast_and_the_classifier_with_ce() -> None:

@@ -61,6 +61,8 @@ class SPMLArgs:
     scribble_radius: int = 3  # scribbles grown by this many pixels
     classifier_weight: float = 1.0  # the softmax classifier's partial CE (it reads the detached embedding)
     classifier_dropout: float = 0.65
+    # false (not the paper's): the classifier's CE also trains the embedding, the decoder and the backbone
+    detach_classifier: bool = True
     random_walk: bool = True  # refine the classifier's output along the embedding at inference
     oversegment: OversegmentConfig = field(default_factory=OversegmentConfig)
     region_cache: str | None = None  # folder of cached over-segmentations; None: <output_dir>/regions
@@ -145,7 +147,7 @@ class SPML(Method):
         model.add_head(EMBEDDING, ProjectionHead(model.head_input_channels("decoder"), self.args.dim), "decoder")
         walk = RandomWalk() if self.args.random_walk else None
         classifier = EmbeddingClassifier(self.args.dim, self.class_set.num_classes, self.args.classifier_dropout, walk)
-        model.set_classifier(classifier, source=EMBEDDING)
+        model.set_classifier(classifier, source=EMBEDDING, detach=self.args.detach_classifier)
 
     def state_dict(self) -> dict:
         return {"bank": [list(entry) for entry in self.contrast.bank]}
