@@ -18,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from weakseg.bench import DATASETS, Row, git_commit
+from weakseg.bench import DATASETS, Row, git_commit, recipe_eras
 from weakseg.engine.config import apply_overrides, from_dict, to_dict
 from weakseg.engine.pipeline import Pipeline
 from weakseg.engine.recipe import Recipe
@@ -85,7 +85,7 @@ def main() -> None:
         overrides = [*variants[name], f"output_dir={folder}"]
         recipe = from_dict(Recipe, apply_overrides(to_dict(row.recipe(args.cache)), overrides))
         fingerprint = {k: v for k, v in to_dict(recipe).items() if k not in ("output_dir", "data")}
-        if name in table and table[name].get("recipe") == fingerprint and not args.force:
+        if name in table and table[name].get("recipe") in recipe_eras(fingerprint) and not args.force:
             continue
         start = time.perf_counter()
         metrics = Pipeline(recipe.check(), progress=False).run().metrics

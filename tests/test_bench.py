@@ -14,9 +14,11 @@ import pytest
 
 from tests.conftest import SHARED_DATA, needs_voc454
 from weakseg import bench
-from weakseg.bench import DATASETS, BenchDataset, Row, plan_rows, run_row, update_ratios
+from weakseg.bench import DATASETS, BenchDataset, Row, plan_rows, recipe_eras, run_row, update_ratios
 from weakseg.data.formats import write_json
 from weakseg.data.simulate import LabelProtocol
+from weakseg.engine.config import to_dict
+from weakseg.engine.recipe import load_recipe
 from weakseg.engine.trainer import Trainer
 from weakseg.errors import ConfigError
 from weakseg.pseudo.cam import PseudoLabelConfig
@@ -112,6 +114,18 @@ def test_a_row_stored_in_an_earlier_era_of_later_keys_is_current(
     # The same era with a non-default value of a later key is a different protocol.
     monkeypatch.setattr(bench, "SHARED", [*bench.SHARED, "train.norm=frozen"])
     assert not row.is_current(tmp_path)
+
+
+def test_recipe_eras_drop_the_later_keys_at_their_defaults_from_the_newest_back() -> None:
+    recipe = to_dict(load_recipe(["pce-points"], ["data.root=."]))
+    assert bench.LATER_KEYS[-1] == (("train", "tensorboard"), True) and recipe["train"]["tensorboard"] is True
+    eras = recipe_eras(recipe)
+    assert len(eras) == len(bench.LATER_KEYS) + 1 and eras[-1] == recipe
+    assert "tensorboard" not in eras[-2]["train"] and eras[-2]["train"]["norm"] == "batch"  # before the newest key
+    assert "norm" not in eras[0]["train"] and "crf" not in eras[0]["eval"]
+    recipe["train"]["tensorboard"] = False  # a non-default value stays in every era
+    assert all(era["train"]["tensorboard"] is False for era in recipe_eras(recipe))
+    assert recipe_eras({"train": {"tensorboard": True}})[0] == {"train": {}}  # sections left out (ablate.py's)
 
 
 @needs_voc454

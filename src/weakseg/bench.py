@@ -200,15 +200,8 @@ class Row:
         for name in cache_fields(METHODS[method_of(self.method)]):
             recipe["method_args"].pop(name, None)
         recipe["data"]["root"] = self.dataset.folder
-        labels, digests = self.protocol_hash(), []
-        for era in range(len(LATER_KEYS) + 1):
-            pruned = copy.deepcopy(recipe)
-            for path, default in LATER_KEYS[era:]:
-                *parents, key = path
-                section = functools.reduce(dict.__getitem__, parents, pruned)
-                if section.get(key, default) == default:
-                    section.pop(key, None)
-            digests.append(_digest({"recipe": pruned, "labels": labels, "profile": self.profile}))
+        labels = self.protocol_hash()
+        digests = [_digest({"recipe": era, "labels": labels, "profile": self.profile}) for era in recipe_eras(recipe)]
         return [digests[0], *dict.fromkeys(digests[1:])]
 
     def is_current(self, cache: Path) -> bool:
@@ -229,8 +222,23 @@ LATER_KEYS: list[tuple[tuple[str, ...], object]] = [
     (("stages",), {}),
     (("train", "norm"), "batch"),
     (("train", "tensorboard"), True),
-    (("method_args", "detach_classifier"), True),
 ]
+
+
+def recipe_eras(recipe: dict) -> list[dict]:
+    """``recipe`` (a resolved recipe as a dict) as a record of each era of :data:`LATER_KEYS` holds it: for each ``i``,
+    without the ``i``-th key and every key after it where they are at their defaults (``i = 0``, the canonical form,
+    first; the last is ``recipe`` itself)."""
+    eras = []
+    for era in range(len(LATER_KEYS) + 1):
+        pruned = copy.deepcopy(recipe)
+        for path, default in LATER_KEYS[era:]:
+            *parents, key = path
+            section = functools.reduce(lambda d, k: d.get(k, {}), parents, pruned)  # a section left out: nothing
+            if section.get(key, default) == default:
+                section.pop(key, None)
+        eras.append(pruned)
+    return eras
 
 
 def _digest(obj: object) -> str:
