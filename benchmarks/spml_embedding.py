@@ -35,8 +35,10 @@ def main() -> None:
 
     no_walk = ["method_args.random_walk=false"]
     model, recipe, _ = load_model_from_checkpoint(args.checkpoint, torch.device("cpu"), no_walk)
-    dataset = SegmentationDataset(recipe.data, args.split)
+    dataset = SegmentationDataset(recipe.data, args.split, kinds=())  # images only
     background = dataset.class_set.background
+    if background is None:
+        parser.error(f"{args.checkpoint}: its classes have no background, so there is no foreground share to measure")
     spread, foreground, label_foreground = [], [], []
     with torch.no_grad():
         for index in range(min(args.images, len(dataset))):
