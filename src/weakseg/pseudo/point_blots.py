@@ -30,8 +30,8 @@ UNLABELLED = 255
 
 @dataclass
 class PointBlotConfig:
-    beta: float = 130.0  # random-walk edge weight exp(−β·|ΔI|²) (scikit-image's default)
-    confidence: float = 0.9  # probability of the winning label that puts a pixel in the mask
+    beta: float = 1000.0  # random-walk edge weight exp(−β·|ΔI|²) (scikit-image's default is 130)
+    confidence: float = 0.98  # probability of the winning label that puts a pixel in the mask
     rounds: int = 5  # k
     rotation: float = 20.0  # degrees, at the last round
     translation: float = 0.05  # fraction of the image diagonal, at the last round
