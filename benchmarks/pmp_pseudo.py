@@ -1,0 +1,84 @@
+"""What a trained PMP model's on-the-fly pseudo-masks hold, scored against the masks of a split.
+
+    python benchmarks/pmp_pseudo.py RUN/last.pt [--split train] [--images 40]
+
+The run's model, expansion scores and point blots make each image's pseudo-mask as a training step does
+(`PMP.pseudo_masks`), on the whole image rather than a crop. Printed for the pseudo-mask and for its network part
+(the same without the blots: refined output ⊙ expanded fields, thresholded, plus the points' few pixels): the
+coverage (fraction of pixels labelled), the precision (fraction of labelled pixels whose label is the mask's), the
+object precision (the same over the pixels labelled with an object class), the object recall (fraction of object
+pixels labelled with their class) and the background share of the labelled pixels. Pooled over the images.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from weakseg.data.dataset import SegmentationDataset
+from weakseg.data.loader import collate, sample_to_tensors
+from weakseg.engine.device import normalize
+from weakseg.engine.trainer import load_model_from_checkpoint
+from weakseg.methods import build_method
+
+COLUMNS = ("coverage", "precision", "object precision", "object recall", "background share")
+
+
+def counts(target: np.ndarray, mask: np.ndarray, background: int, ignore: int) -> np.ndarray:
+    """Pixel counts: all, labelled, labelled and scored, correct; object-labelled and scored, correct; object pixels,
+    found; labelled background."""
+    labelled = target != ignore
+    scored = labelled & (mask != ignore)
+    claims = scored & (target != background)
+    objects = (mask != ignore) & (mask != background)
+    return np.array([
+        target.size, labelled.sum(), scored.sum(), (target[scored] == mask[scored]).sum(), claims.sum(),
+        (target[claims] == mask[claims]).sum(), objects.sum(), (objects & (target == mask)).sum(),
+        (labelled & (target == background)).sum(),
+    ], dtype=np.float64)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--images", type=int, default=40)
+    args = parser.parse_args()
+
+    model, recipe, state = load_model_from_checkpoint(args.checkpoint, torch.device("cpu"))
+    if recipe.method != "pmp":
+        parser.error(f"{args.checkpoint}: a {recipe.method} run, not pmp")
+    dataset = SegmentationDataset(recipe.data, args.split, kinds=("mask", "points"), required=("mask", "points"))
+    classes = dataset.class_set
+    if classes.background is None:
+        parser.error(f"{args.checkpoint}: its classes have no background")
+    method = build_method(recipe.method, recipe.method_args, recipe.supervision, classes)
+    method.bind(recipe.data, Path(recipe.output_dir), len(dataset))
+    method.load_state_dict(state.get("method", {}))
+    with_blots = method.args.use_blots
+    totals = {"pseudo-mask": np.zeros(9), "network part (no blots)": np.zeros(9)}
+    images = min(args.images, len(dataset))
+    with torch.no_grad():
+        for index in range(images):
+            batch = collate([sample_to_tensors(method.prepare_sample(dataset[index]), classes.num_classes)])
+            logits = model(normalize(batch["image"], *model.mean_std))["logits"]
+            mask = batch["mask"][0].numpy()
+            for name, use_blots in zip(totals, (with_blots, False), strict=True):
+                method.args.use_blots = use_blots
+                target = method.pseudo_masks(logits, batch)[0].numpy()
+                totals[name] += counts(target, mask, classes.background, classes.ignore_index)
+            method.args.use_blots = with_blots
+    print(f"{args.checkpoint} on {images} {args.split} images (whole images)")
+    print(f"expansion scores: objects {method.score.objects:.3f}, background {method.score.background:.3f}")
+    print("| | " + " | ".join(COLUMNS) + " |")
+    print("|---" * (len(COLUMNS) + 1) + "|")
+    for name, (pixels, labelled, scored, correct, claimed, right, objects, found, bg) in totals.items():
+        values = (labelled / pixels, correct / max(scored, 1), right / max(claimed, 1), found / objects, bg / labelled)
+        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+
+
+if __name__ == "__main__":
+    main()
