@@ -3,11 +3,12 @@
     python benchmarks/pmp_pseudo.py RUN/last.pt [--split train] [--images 40]
 
 The run's model, expansion scores and point blots make each image's pseudo-mask as a training step does
-(`PMP.pseudo_masks`), on the whole image rather than a crop. Printed for the pseudo-mask and for its network part
-(the same without the blots: refined output ⊙ expanded fields, thresholded, plus the points' few pixels): the
-coverage (fraction of pixels labelled), the precision (fraction of labelled pixels whose label is the mask's), the
-object precision (the same over the pixels labelled with an object class), the object recall (fraction of object
-pixels labelled with their class) and the background share of the labelled pixels. Pooled over the images.
+(`PMP.pseudo_masks`), on the whole image rather than a crop. Printed for the pseudo-mask, for its network part (the
+same without the blots: refined output ⊙ expanded fields, thresholded, plus the points' few pixels) and for the
+point blots alone: the coverage (fraction of pixels labelled), the precision (fraction of labelled pixels whose label
+is the mask's), the object precision (the same over the pixels labelled with an object class), the object recall
+(fraction of object pixels labelled with their class) and the background share of the labelled pixels. Pooled over
+the images.
 """
 
 from __future__ import annotations
@@ -59,24 +60,33 @@ def main() -> None:
     method.bind(recipe.data, Path(recipe.output_dir), len(dataset))
     method.load_state_dict(state.get("method", {}))
     with_blots = method.args.use_blots
-    totals = {"pseudo-mask": np.zeros(9), "network part (no blots)": np.zeros(9)}
+    totals = {"pseudo-mask": np.zeros(9), "network part (no blots)": np.zeros(9), "point blots alone": np.zeros(9)}
     images = min(args.images, len(dataset))
     with torch.no_grad():
         for index in range(images):
             batch = collate([sample_to_tensors(method.prepare_sample(dataset[index]), classes.num_classes)])
             logits = model(normalize(batch["image"], *model.mean_std))["logits"]
             mask = batch["mask"][0].numpy()
-            for name, use_blots in zip(totals, (with_blots, False), strict=True):
+            targets = []
+            for use_blots in (with_blots, False):
                 method.args.use_blots = use_blots
-                target = method.pseudo_masks(logits, batch)[0].numpy()
-                totals[name] += counts(target, mask, classes.background, classes.ignore_index)
+                targets.append(method.pseudo_masks(logits, batch)[0].numpy())
             method.args.use_blots = with_blots
+            targets.append(batch["blots"][0].numpy())  # all ignore when the run has no blots
+            for name, target in zip(totals, targets, strict=True):
+                totals[name] += counts(target, mask, classes.background, classes.ignore_index)
     print(f"{args.checkpoint} on {images} {args.split} images (whole images)")
     print(f"expansion scores: objects {method.score.objects:.3f}, background {method.score.background:.3f}")
     print("| | " + " | ".join(COLUMNS) + " |")
     print("|---" * (len(COLUMNS) + 1) + "|")
     for name, (pixels, labelled, scored, correct, claimed, right, objects, found, bg) in totals.items():
-        values = (labelled / pixels, correct / max(scored, 1), right / max(claimed, 1), found / objects, bg / labelled)
+        values = (
+            labelled / pixels,
+            correct / max(scored, 1),
+            right / max(claimed, 1),
+            found / objects,
+            bg / max(labelled, 1),
+        )
         print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
 
 
