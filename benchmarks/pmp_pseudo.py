@@ -18,28 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pmp_blots import SCORES, label_counts, label_scores  # benchmarks/ is on sys.path when this runs as a script
 
 from weakseg.data.dataset import SegmentationDataset
 from weakseg.data.loader import collate, sample_to_tensors
 from weakseg.engine.device import normalize
 from weakseg.engine.trainer import load_model_from_checkpoint
 from weakseg.methods import build_method
-
-COLUMNS = ("coverage", "precision", "object precision", "object recall", "background share")
-
-
-def counts(target: np.ndarray, mask: np.ndarray, background: int, ignore: int) -> np.ndarray:
-    """Pixel counts: all, labelled, labelled and scored, correct; object-labelled and scored, correct; object pixels,
-    found; labelled background."""
-    labelled = target != ignore
-    scored = labelled & (mask != ignore)
-    claims = scored & (target != background)
-    objects = (mask != ignore) & (mask != background)
-    return np.array([
-        target.size, labelled.sum(), scored.sum(), (target[scored] == mask[scored]).sum(), claims.sum(),
-        (target[claims] == mask[claims]).sum(), objects.sum(), (objects & (target == mask)).sum(),
-        (labelled & (target == background)).sum(),
-    ], dtype=np.float64)  # fmt: skip
 
 
 def main() -> None:
@@ -74,20 +59,13 @@ def main() -> None:
             method.args.use_blots = with_blots
             targets.append(batch["blots"][0].numpy())  # all ignore when the run has no blots
             for name, target in zip(totals, targets, strict=True):
-                totals[name] += counts(target, mask, classes.background, classes.ignore_index)
+                totals[name] += label_counts(target, mask, classes.background, classes.ignore_index)
     print(f"{args.checkpoint} on {images} {args.split} images (whole images)")
     print(f"expansion scores: objects {method.score.objects:.3f}, background {method.score.background:.3f}")
-    print("| | " + " | ".join(COLUMNS) + " |")
-    print("|---" * (len(COLUMNS) + 1) + "|")
-    for name, (pixels, labelled, scored, correct, claimed, right, objects, found, bg) in totals.items():
-        values = (
-            labelled / pixels,
-            correct / max(scored, 1),
-            right / max(claimed, 1),
-            found / objects,
-            bg / max(labelled, 1),
-        )
-        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    print("| | " + " | ".join(SCORES) + " |")
+    print("|---" * (len(SCORES) + 1) + "|")
+    for name, counts in totals.items():
+        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in label_scores(counts)) + " |")
 
 
 if __name__ == "__main__":
