@@ -18,7 +18,15 @@ import json
 import time
 from pathlib import Path
 
-from weakseg.bench import DATASETS, Row, git_commit, recipe_eras
+from weakseg.bench import (
+    DATASETS,
+    Row,
+    git_commit,
+    method_args_with_defaults,
+    recipe_eras,
+    recorded_with,
+    without_cache_folders,
+)
 from weakseg.engine.config import apply_overrides, from_dict, to_dict
 from weakseg.engine.pipeline import Pipeline
 from weakseg.engine.recipe import Recipe
@@ -85,7 +93,10 @@ def main() -> None:
         overrides = [*variants[name], f"output_dir={folder}"]
         recipe = from_dict(Recipe, apply_overrides(to_dict(row.recipe(args.cache)), overrides))
         fingerprint = {k: v for k, v in to_dict(recipe).items() if k not in ("output_dir", "data")}
-        if name in table and table[name].get("recipe") in recipe_eras(fingerprint) and not args.force:
+        fingerprint["method_args"] = without_cache_folders(recipe.method, fingerprint["method_args"])
+        method_args = method_args_with_defaults(recipe)
+        done = name in table and table[name].get("recipe") in recipe_eras(fingerprint)
+        if done and recorded_with(table[name], method_args) and not args.force:
             continue
         start = time.perf_counter()
         metrics = Pipeline(recipe.check(), progress=False).run().metrics
@@ -96,6 +107,7 @@ def main() -> None:
             "git_commit": git_commit(),
             "overrides": variants[name],
             "recipe": fingerprint,
+            "method_args": method_args,
             "wall_s": time.perf_counter() - start,
         }
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from weakseg.bench import DATASETS, Row, git_commit
+from weakseg.bench import DATASETS, Row, git_commit, method_args_with_defaults, recorded_with
 from weakseg.engine.config import apply_overrides, from_dict, to_dict
 from weakseg.engine.pipeline import Pipeline
 from weakseg.engine.recipe import Recipe
@@ -68,8 +68,10 @@ def main() -> None:
             recipe_dict = apply_overrides(to_dict(row.recipe(args.cache)), [*overrides, *place])
             recipe = from_dict(Recipe, recipe_dict).check()
             fingerprint = {k: v for k, v in to_dict(recipe).items() if k not in ("output_dir", "data")}
+            method_args = method_args_with_defaults(recipe)
             key = f"{name} / seed {seed}"
-            if key in table and table[key]["recipe"] == fingerprint and not args.force:
+            done = key in table and table[key]["recipe"] == fingerprint and recorded_with(table[key], method_args)
+            if done and not args.force:
                 continue
             start = time.perf_counter()
             result = Pipeline(recipe, progress=False).run(resume=True, until="pseudo")
@@ -86,6 +88,7 @@ def main() -> None:
                 "images": seeds["images"],
                 "overrides": overrides,
                 "recipe": fingerprint,
+                "method_args": method_args,
                 "git_commit": git_commit(),
                 "stages_run": sorted(result.stage_wall_s),
                 "wall_s": time.perf_counter() - start,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -21,7 +22,10 @@ from weakseg.engine.config import to_dict
 from weakseg.engine.recipe import load_recipe
 from weakseg.engine.trainer import Trainer
 from weakseg.errors import ConfigError
+from weakseg.methods import METHODS
+from weakseg.methods.pmp import PMPArgs
 from weakseg.pseudo.cam import PseudoLabelConfig
+from weakseg.pseudo.point_blots import PointBlotConfig
 
 REQUIRED = {
     "miou", "per_class_iou", "boundary_f", "jf", "ratio_to_full", "train_images_per_s", "infer_images_per_s",
@@ -85,6 +89,9 @@ def test_fingerprint_tracks_the_recipe_not_the_paths(data_root: Path, tmp_path: 
     assert row.fingerprint(tmp_path / "a") == row.fingerprint(tmp_path / "b")
     quick = Row("quick", row.dataset, row.method, row.supervision, row.data_root, row.results)
     assert quick.fingerprint(tmp_path) != row.fingerprint(tmp_path)
+    pmp = plan_rows("standard", ["voc454"], ["pmp"], ["points"], data_root, tmp_path)[0]  # keeps a blot cache
+    assert pmp.fingerprint(tmp_path / "a") == pmp.fingerprint(tmp_path / "b")
+    assert "blot_cache" not in pmp.method_args(tmp_path / "a")
 
 
 def test_keys_added_later_leave_fingerprints_alone_at_their_defaults(
@@ -113,6 +120,44 @@ def test_a_row_stored_in_an_earlier_era_of_later_keys_is_current(
     assert row.is_current(tmp_path)
     # The same era with a non-default value of a later key is a different protocol.
     monkeypatch.setattr(bench, "SHARED", [*bench.SHARED, "train.norm=frozen"])
+    assert not row.is_current(tmp_path)
+
+
+def test_method_args_fill_in_the_code_defaults_without_cache_folders(data_root: Path, tmp_path: Path) -> None:
+    (data_root / "voc454" / "image_labels.json").write_text("{}")
+    row = plan_rows("standard", ["voc454"], ["pmp-pretrained"], ["points"], data_root, tmp_path)[0]
+    args = row.method_args(tmp_path)
+    assert row.recipe(tmp_path).method_args["norm"] == "batch" and args["norm"] == "batch"  # the recipe's value
+    assert args["threshold"] == PMPArgs.threshold and args["blots"] == to_dict(PointBlotConfig())  # code defaults
+    assert args == json.loads(json.dumps(args))
+
+
+def test_a_changed_default_in_the_code_makes_a_row_stale(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (data_root / "voc454" / "image_labels.json").write_text("{}")
+    row = plan_rows("standard", ["voc454"], ["pmp"], ["points"], data_root, tmp_path)[0]
+    row.json_path.parent.mkdir(parents=True)
+    row.json_path.write_text(json.dumps({"fingerprint": row.fingerprint(tmp_path)}))
+    assert row.is_current(tmp_path)  # recorded before method arguments were kept: judged by the fingerprint
+    row.json_path.write_text(
+        json.dumps({"fingerprint": row.fingerprint(tmp_path), "method_args": row.method_args(tmp_path)})
+    )
+    assert row.is_current(tmp_path)
+    fingerprint = row.fingerprint(tmp_path)
+
+    @dataclasses.dataclass
+    class RecipeSetDefault(PMPArgs):
+        object_rate: float = 3.0  # the recipe sets it: nothing changes
+
+    @dataclasses.dataclass
+    class NewDefault(PMPArgs):
+        use_refiner: bool = False  # the recipe leaves it to the code
+
+    monkeypatch.setattr(METHODS["pmp"], "Args", RecipeSetDefault)
+    assert row.is_current(tmp_path)
+    monkeypatch.setattr(METHODS["pmp"], "Args", NewDefault)
+    assert row.fingerprint(tmp_path) == fingerprint  # the recipe as written did not change
     assert not row.is_current(tmp_path)
 
 
@@ -188,8 +233,11 @@ def test_a_row_does_not_resume_checkpoints_of_another_recipe(tiny_row: Row, tmp_
     cache = tmp_path / "cache"
     run_row(tiny_row, cache, "abc123")
     marker = Path(tiny_row.recipe(cache).output_dir) / bench.ROW_MARKER
-    assert json.loads(marker.read_text()) == {"fingerprint": tiny_row.fingerprint(cache)}
-    write_json(marker, {"fingerprint": "another recipe"})
+    trained_under = {"fingerprint": tiny_row.fingerprint(cache), "method_args": tiny_row.method_args(cache)}
+    assert json.loads(marker.read_text()) == trained_under
+    write_json(marker, {**trained_under, "fingerprint": "another recipe"})
+    assert "resumed_stages" not in run_row(tiny_row, cache, "abc123", resume=True)
+    write_json(marker, {**trained_under, "method_args": {"other": "defaults"}})
     assert "resumed_stages" not in run_row(tiny_row, cache, "abc123", resume=True)
     finished = run_row(tiny_row, cache, "abc123", resume=True)  # nothing left to train: recorded figures reused
     assert finished["resumed_stages"] == ["train"] and finished["train_images_per_s"] > 0

@@ -2,8 +2,8 @@
 
 Each row trains in its own process (so its peak memory is its own), evaluates on the dataset's val split and
 writes ``benchmarks/results/<profile>/<dataset>/<method>-<supervision>.json``. A row whose fingerprint (resolved
-recipe, label protocol, profile) matches its JSON is not rerun unless ``--force``; ``docs/benchmarks.md`` and its
-plot are regenerated from the JSON files after every run.
+recipe, label protocol, profile) and method arguments (with the code's defaults) match its JSON is not rerun unless
+``--force``; ``docs/benchmarks.md`` and its plot are regenerated from the JSON files after every run.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from weakseg.data.dataset import DataConfig, SegmentationDataset, camvid_layout,
 from weakseg.data.formats import read_coco_boxes, write_json
 from weakseg.data.sample import LABEL_KINDS
 from weakseg.data.simulate import LabelProtocol, derive_labels, mix_labels
-from weakseg.engine.config import RECIPE_DIR, to_dict
+from weakseg.engine.config import RECIPE_DIR, from_dict, to_dict
 from weakseg.engine.pseudo_labels import STAGES
 from weakseg.engine.recipe import Recipe, load_recipe
 from weakseg.errors import ConfigError, WeakSegError
@@ -38,7 +38,7 @@ from weakseg.pseudo.cam import PseudoLabelConfig
 
 log = logging.getLogger(__name__)
 
-ROW_MARKER = "bench-row.json"  # in a row's run folder: the fingerprint its checkpoints were trained under
+ROW_MARKER = "bench-row.json"  # in a row's run folder: the fingerprint and method arguments its checkpoints had
 
 # Row order in the tables: the upper bound first, then methods as they land.
 METHOD_ORDER = ("full", "pce", "rloss", "cam", "hfpl", "seam", "ppc", "ppc-hfpl", "spml", "pmp", "pmp-pretrained")
@@ -109,6 +109,12 @@ def row_supervisions(row_method: str) -> tuple[str, ...]:
 def cache_fields(method: type) -> list[str]:
     """The method's ``*_cache`` arguments: folders of per-image maps it computes once."""
     return [f.name for f in dataclasses.fields(method.Args) if f.name.endswith("_cache")]
+
+
+def without_cache_folders(method: str, method_args: dict) -> dict:
+    """``method_args`` of registered ``method`` without its cache folders: where per-image maps are kept is not part
+    of a protocol (and names a machine's paths)."""
+    return {k: v for k, v in method_args.items() if k not in cache_fields(METHODS[method])}
 
 
 def recipe_name(method: str, supervision: str) -> str:
@@ -197,18 +203,24 @@ class Row:
         recipe = to_dict(self.recipe(cache))
         recipe.pop("output_dir")
         recipe["data"].pop("labels", None)
-        for name in cache_fields(METHODS[method_of(self.method)]):
-            recipe["method_args"].pop(name, None)
+        recipe["method_args"] = without_cache_folders(recipe["method"], recipe["method_args"])
         recipe["data"]["root"] = self.dataset.folder
         labels = self.protocol_hash()
         digests = [_digest({"recipe": era, "labels": labels, "profile": self.profile}) for era in recipe_eras(recipe)]
         return [digests[0], *dict.fromkeys(digests[1:])]
 
+    def method_args(self, cache: Path) -> dict:
+        return method_args_with_defaults(self.recipe(cache))
+
     def is_current(self, cache: Path) -> bool:
-        """Whether the row's JSON exists and was recorded with the recipe and labels it would run with now."""
+        """Whether the row's JSON exists and was recorded with the recipe, labels and method defaults it would run
+        with now (rows recorded before their method arguments were kept are judged by the fingerprint alone)."""
         if not self.json_path.is_file():
             return False
-        return json.loads(self.json_path.read_text()).get("fingerprint") in self.fingerprints(cache)
+        record = json.loads(self.json_path.read_text())
+        if record.get("fingerprint") not in self.fingerprints(cache):
+            return False
+        return recorded_with(record, self.method_args(cache))
 
 
 # Recipe keys added after benchmark rows were recorded, oldest first, with the default that keeps the behaviour from
@@ -239,6 +251,18 @@ def recipe_eras(recipe: dict) -> list[dict]:
                 section.pop(key, None)
         eras.append(pruned)
     return eras
+
+
+def method_args_with_defaults(recipe: Recipe) -> dict:
+    """The method's arguments as it runs them: the recipe's, with the code's defaults filled in (a fingerprint holds
+    only what the recipe writes, so it misses a changed default), without cache folders; as a JSON record holds them."""
+    args = to_dict(from_dict(METHODS[recipe.method].Args, recipe.method_args, "method_args"))
+    return json.loads(json.dumps(without_cache_folders(recipe.method, args)))
+
+
+def recorded_with(record: dict, method_args: dict) -> bool:
+    """Whether a record was made with these method arguments (records from before they were kept: assumed so)."""
+    return record.get("method_args", method_args) == method_args
 
 
 def _digest(obj: object) -> str:
@@ -315,10 +339,11 @@ def run_row(row: Row, cache: Path, commit: str, *, resume: bool = False) -> dict
     labels = ensure_labels(row, cache) if row.supervision != "full" else None
     recipe = row.recipe(cache)
     pipeline = Pipeline(recipe, progress=False)
-    fingerprint = row.fingerprint(cache)
+    fingerprint, method_args = row.fingerprint(cache), row.method_args(cache)
     marker = Path(recipe.output_dir) / ROW_MARKER
-    resume = resume and marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint
-    write_json(marker, {"fingerprint": fingerprint})
+    trained_under = {"fingerprint": fingerprint, "method_args": method_args}
+    resume = resume and marker.is_file() and json.loads(marker.read_text()) == trained_under
+    write_json(marker, trained_under)
     if row.supervision == "full":
         train = SegmentationDataset(recipe.data, recipe.data.train_split, kinds=("mask",), required=("mask",))
         fraction, protocol = train.labelled_pixel_fraction("mask"), "full masks"
@@ -366,6 +391,7 @@ def run_row(row: Row, cache: Path, commit: str, *, resume: bool = False) -> dict
         "git_commit": commit,
         "command": command_for(row),
         "fingerprint": fingerprint,
+        "method_args": method_args,
     }
     if result.resumed_stages:
         record["resumed_stages"] = result.resumed_stages
