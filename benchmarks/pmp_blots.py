@@ -1,8 +1,10 @@
 """How much of the image do PMP's point blots label, and how correctly? Measured against the voc454 masks.
 
-    python benchmarks/pmp_blots.py [--split train] [--every 4]
+    python benchmarks/pmp_blots.py [--split train] [--every 4] [--points-mode box-centres] [--settings NAME ...]
 
-The points are the benchmark's (one per component at its distance-transform maximum, background included; seed 0).
+The points are the benchmark's (one per component at its distance-transform maximum, background included; seed 0),
+or with ``--points-mode box-centres`` the paper's: the centre of every box of voc454's real ``boxes_coco.json`` plus
+4 background points per object outside all boxes (``derive-labels --points-mode box-centres``).
 For each random-walk setting, over every ``--every``-th image of the split: the coverage (fraction of pixels the
 blots label), the precision (fraction of labelled pixels whose label is the mask's), the object precision (the same,
 over the pixels labelled with an object class), the object recall (fraction of object pixels labelled with their
@@ -23,8 +25,18 @@ from pathlib import Path
 
 import numpy as np
 
+from weakseg.data.classes import ClassSet
 from weakseg.data.dataset import SegmentationDataset, voc_layout
-from weakseg.data.simulate import LabelProtocol, derive_points, image_rng, stable_int
+from weakseg.data.formats import read_coco_boxes
+from weakseg.data.sample import Sample, empty_boxes
+from weakseg.data.simulate import (
+    POINTS_MODES,
+    LabelProtocol,
+    derive_points,
+    derive_points_from_boxes,
+    image_rng,
+    stable_int,
+)
 from weakseg.pseudo.point_blots import PointBlotConfig, point_blots
 
 SCORES = ("coverage", "precision", "object precision", "object recall", "background share")
@@ -68,18 +80,32 @@ SETTINGS = {
 }
 
 
+def image_points(sample: Sample, class_set: ClassSet, protocol: LabelProtocol, boxes: dict) -> np.ndarray:
+    """The image's points as ``derive-labels`` writes them under ``protocol`` (seed 0), from ``boxes`` when
+    the points are box centres."""
+    rng = image_rng(protocol.seed, sample.image_id, "points")
+    if protocol.points_mode == "component":
+        return derive_points(sample.mask, class_set, protocol, rng)
+    given = boxes.get(sample.image_id, empty_boxes())
+    return derive_points_from_boxes(given, sample.mask, class_set, protocol, rng)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, default=Path("../shared/data/voc454"))
     parser.add_argument("--split", default="train")
     parser.add_argument("--every", type=int, default=4, help="use every N-th image of the split")
+    parser.add_argument("--points-mode", choices=POINTS_MODES, default="component")
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     args = parser.parse_args()
     dataset = SegmentationDataset(voc_layout(args.data), args.split, kinds=("mask",))
     samples = [dataset[i] for i in range(0, len(dataset), args.every)]
-    protocol = LabelProtocol()
-    points = [derive_points(s.mask, dataset.class_set, protocol, image_rng(0, s.image_id, "points")) for s in samples]
+    protocol = LabelProtocol(points_mode=args.points_mode)
+    boxes = read_coco_boxes(args.data / "boxes_coco.json") if args.points_mode == "box-centres" else {}
+    points = [image_points(s, dataset.class_set, protocol, boxes) for s in samples]
     background, ignore = dataset.class_set.background, dataset.class_set.ignore_index
-    print(f"voc454 {args.split}, {len(samples)} images (every {args.every}-th), the benchmark's points")
+    described = "the benchmark's points" if args.points_mode == "component" else "box centres + 4 background points"
+    print(f"voc454 {args.split}, {len(samples)} images (every {args.every}-th), {described}")
     print(f"(default: β {DEFAULT.beta:g}, confidence {DEFAULT.confidence:g}, {DEFAULT.rounds} rounds)")
     columns = (*SCORES[:4], "images under 1%", "s / image (median)")
     print("| setting | " + " | ".join(columns) + " |")
@@ -87,7 +113,8 @@ def main() -> None:
     masks = [s.mask[s.mask != ignore] for s in samples]
     share = sum(int((m == background).sum()) for m in masks) / sum(m.size for m in masks)
     print(f"| every pixel background (reference) | 1.000 | {share:.3f} | – | 0.000 | 0.00 | – |")
-    for name, cfg in SETTINGS.items():
+    for name in args.settings:
+        cfg = SETTINGS[name]
         totals, sparse, times = np.zeros(9), 0, []
         for sample, pts in zip(samples, points, strict=True):
             start = time.perf_counter()
