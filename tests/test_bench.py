@@ -11,12 +11,22 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import SHARED_DATA, needs_voc454
 from weakseg import bench
-from weakseg.bench import DATASETS, BenchDataset, Row, plan_rows, recipe_eras, run_row, update_ratios
-from weakseg.data.formats import write_json
+from weakseg.bench import (
+    DATASETS,
+    BenchDataset,
+    Row,
+    ensure_labels,
+    plan_rows,
+    recipe_eras,
+    run_row,
+    update_ratios,
+)
+from weakseg.data.formats import read_coco_boxes, read_points_json, write_json
 from weakseg.data.simulate import LabelProtocol
 from weakseg.engine.config import to_dict
 from weakseg.engine.recipe import load_recipe
@@ -241,6 +251,30 @@ def test_a_row_does_not_resume_checkpoints_of_another_recipe(tiny_row: Row, tmp_
     assert "resumed_stages" not in run_row(tiny_row, cache, "abc123", resume=True)
     finished = run_row(tiny_row, cache, "abc123", resume=True)  # nothing left to train: recorded figures reused
     assert finished["resumed_stages"] == ["train"] and finished["train_images_per_s"] > 0
+
+
+def test_box_centre_rows_share_voc454_under_the_pmp_point_protocol(data_root: Path, tmp_path: Path) -> None:
+    rows = plan_rows("standard", ["voc454-box-centres"], ["full", "pce", "pmp"], None, data_root, tmp_path)
+    assert [r.name for r in rows] == ["full-full", "pce-points", "pmp-points"]
+    voc454 = plan_rows("standard", ["voc454"], ["pce"], ["points"], data_root, tmp_path)[0]
+    assert rows[1].recipe(tmp_path).data.root == voc454.recipe(tmp_path).data.root
+    assert rows[1].labels_dir(tmp_path) != voc454.labels_dir(tmp_path)
+    assert rows[1].json_path.parent.name == "voc454-box-centres"
+
+
+def test_box_centre_labels_are_a_centre_and_4_background_points_per_box(
+    shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paper = BenchDataset("shapes", shapes.name, "voc", protocol=LabelProtocol(points_mode="box-centres"))
+    row = Row("quick", paper, "pmp", "points", shapes.parent, tmp_path / "results")
+    summary = ensure_labels(row, tmp_path)["summary"]
+    labels = row.labels_dir(tmp_path)
+    boxes, points = read_coco_boxes(labels / "boxes_coco.json"), read_points_json(labels / "points.json")
+    assert summary["points"]["total"] == 5 * sum(len(b) for b in boxes.values()) > 0
+    for image_id, image_boxes in boxes.items():
+        centres = np.floor((image_boxes[:, :2] + image_boxes[:, 2:4]) / 2)
+        assert np.array_equal(points[image_id][: len(image_boxes), :2], centres)
+        assert (points[image_id][len(image_boxes) :, 2] == 0).all()  # then background points
 
 
 def test_update_ratios_uses_the_full_row(tmp_path: Path) -> None:

@@ -87,6 +87,15 @@ class BenchDataset:
 
 DATASETS = {
     "voc454": BenchDataset("voc454", "voc454", "voc", given_boxes="boxes_coco.json"),
+    # PMP's labels: a point at the centre of every real box plus 4 background points per object outside all boxes.
+    "voc454-box-centres": BenchDataset(
+        "voc454-box-centres",
+        "voc454",
+        "voc",
+        supervisions=("full", "points"),
+        given_boxes="boxes_coco.json",
+        protocol=LabelProtocol(points_mode="box-centres"),
+    ),
     # Image-level tags are nearly uninformative on CamVid (most frames hold most classes): points and scribbles.
     "camvid": BenchDataset("camvid", "camvid", "camvid", ("data-camvid",), ("full", "points", "scribbles")),
 }
