@@ -42,18 +42,20 @@ from weakseg.pseudo.point_blots import PointBlotConfig, point_blots
 SCORES = ("coverage", "precision", "object precision", "object recall", "background share")
 
 
-def label_counts(labels: np.ndarray, mask: np.ndarray, background: int, ignore: int) -> np.ndarray:
+def label_counts(labels: np.ndarray, mask: np.ndarray, background: int | None, ignore: int) -> np.ndarray:
     """Pixel counts of a label map (``ignore`` = unlabelled) against a mask, to pool over images: all, labelled,
     labelled and scored, correct; labelled with an object class and scored, correct; object pixels, found with their
-    class; labelled background."""
+    class; labelled background. Without a background class (CamVid) every class counts as an object."""
     labelled = labels != ignore
     scored = labelled & (mask != ignore)
-    claims = scored & (labels != background)
-    objects = (mask != ignore) & (mask != background)
+    labels_bg = labels == background if background is not None else np.zeros(labels.shape, bool)
+    mask_bg = mask == background if background is not None else np.zeros(mask.shape, bool)
+    claims = scored & ~labels_bg
+    objects = (mask != ignore) & ~mask_bg
     return np.array([
         labels.size, labelled.sum(), scored.sum(), (labels[scored] == mask[scored]).sum(), claims.sum(),
         (labels[claims] == mask[claims]).sum(), objects.sum(), (objects & (labels == mask)).sum(),
-        (labelled & (labels == background)).sum(),
+        (labelled & labels_bg).sum(),
     ], dtype=np.float64)  # fmt: skip
 
 
