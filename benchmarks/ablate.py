@@ -25,7 +25,7 @@ from weakseg.bench import (
     method_args_with_defaults,
     recipe_eras,
     recorded_with,
-    without_cache_folders,
+    variant_fingerprint,
 )
 from weakseg.engine.config import apply_overrides, from_dict, to_dict
 from weakseg.engine.pipeline import Pipeline
@@ -92,8 +92,7 @@ def main() -> None:
         folder = args.cache / "runs" / "ablations" / args.dataset / f"{args.method}-{args.supervision}" / str(index)
         overrides = [*variants[name], f"output_dir={folder}"]
         recipe = from_dict(Recipe, apply_overrides(to_dict(row.recipe(args.cache)), overrides))
-        fingerprint = {k: v for k, v in to_dict(recipe).items() if k not in ("output_dir", "data")}
-        fingerprint["method_args"] = without_cache_folders(recipe.method, fingerprint["method_args"])
+        fingerprint = variant_fingerprint(recipe)
         method_args = method_args_with_defaults(recipe)
         done = name in table and table[name].get("recipe") in recipe_eras(fingerprint)
         if done and recorded_with(table[name], method_args) and not args.force:

@@ -25,18 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from weakseg.data.classes import ClassSet
 from weakseg.data.dataset import SegmentationDataset, voc_layout
 from weakseg.data.formats import read_coco_boxes
-from weakseg.data.sample import Sample, empty_boxes
-from weakseg.data.simulate import (
-    POINTS_MODES,
-    LabelProtocol,
-    derive_points,
-    derive_points_from_boxes,
-    image_rng,
-    stable_int,
-)
+from weakseg.data.simulate import POINTS_MODES, LabelProtocol, derive_image_points, stable_int
 from weakseg.pseudo.point_blots import PointBlotConfig, point_blots
 
 SCORES = ("coverage", "precision", "object precision", "object recall", "background share")
@@ -82,16 +73,6 @@ SETTINGS = {
 }
 
 
-def image_points(sample: Sample, class_set: ClassSet, protocol: LabelProtocol, boxes: dict) -> np.ndarray:
-    """The image's points as ``derive-labels`` writes them under ``protocol`` (seed 0), from ``boxes`` when
-    the points are box centres."""
-    rng = image_rng(protocol.seed, sample.image_id, "points")
-    if protocol.points_mode == "component":
-        return derive_points(sample.mask, class_set, protocol, rng)
-    given = boxes.get(sample.image_id, empty_boxes())
-    return derive_points_from_boxes(given, sample.mask, class_set, protocol, rng)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, default=Path("../shared/data/voc454"))
@@ -104,7 +85,9 @@ def main() -> None:
     samples = [dataset[i] for i in range(0, len(dataset), args.every)]
     protocol = LabelProtocol(points_mode=args.points_mode)
     boxes = read_coco_boxes(args.data / "boxes_coco.json") if args.points_mode == "box-centres" else {}
-    points = [image_points(s, dataset.class_set, protocol, boxes) for s in samples]
+    points = [
+        derive_image_points(s.image_id, s.mask, dataset.class_set, protocol, boxes.get(s.image_id)) for s in samples
+    ]
     background, ignore = dataset.class_set.background, dataset.class_set.ignore_index
     described = "the benchmark's points" if args.points_mode == "component" else "box centres + 4 background points"
     print(f"voc454 {args.split}, {len(samples)} images (every {args.every}-th), {described}")

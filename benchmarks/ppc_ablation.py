@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from weakseg.bench import DATASETS, Row, git_commit, method_args_with_defaults, recorded_with
+from weakseg.bench import DATASETS, Row, git_commit, method_args_with_defaults, recorded_with, variant_fingerprint
 from weakseg.engine.config import apply_overrides, from_dict, to_dict
 from weakseg.engine.pipeline import Pipeline
 from weakseg.engine.recipe import Recipe
@@ -67,7 +67,7 @@ def main() -> None:
             place = [f"output_dir={folder}"] if overrides else []
             recipe_dict = apply_overrides(to_dict(row.recipe(args.cache)), [*overrides, *place])
             recipe = from_dict(Recipe, recipe_dict).check()
-            fingerprint = {k: v for k, v in to_dict(recipe).items() if k not in ("output_dir", "data")}
+            fingerprint = variant_fingerprint(recipe)
             method_args = method_args_with_defaults(recipe)
             key = f"{name} / seed {seed}"
             done = key in table and table[key]["recipe"] == fingerprint and recorded_with(table[key], method_args)

@@ -262,9 +262,7 @@ def test_box_centre_rows_share_voc454_under_the_pmp_point_protocol(data_root: Pa
     assert rows[1].json_path.parent.name == "voc454-box-centres"
 
 
-def test_box_centre_labels_are_a_centre_and_4_background_points_per_box(
-    shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_box_centre_labels_are_a_centre_and_4_background_points_per_box(shapes: Path, tmp_path: Path) -> None:
     paper = BenchDataset("shapes", shapes.name, "voc", protocol=LabelProtocol(points_mode="box-centres"))
     row = Row("quick", paper, "pmp", "points", shapes.parent, tmp_path / "results")
     summary = ensure_labels(row, tmp_path)["summary"]

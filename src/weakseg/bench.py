@@ -262,6 +262,14 @@ def recipe_eras(recipe: dict) -> list[dict]:
     return eras
 
 
+def variant_fingerprint(recipe: Recipe) -> dict:
+    """What an ablation variant records of its recipe: all but the output folder, the data section and the method's
+    cache folders."""
+    fingerprint = {k: v for k, v in to_dict(recipe).items() if k not in ("output_dir", "data")}
+    fingerprint["method_args"] = without_cache_folders(recipe.method, fingerprint["method_args"])
+    return fingerprint
+
+
 def method_args_with_defaults(recipe: Recipe) -> dict:
     """The method's arguments as it runs them: the recipe's, with the code's defaults filled in (a fingerprint holds
     only what the recipe writes, so it misses a changed default), without cache folders; as a JSON record holds them."""
@@ -348,7 +356,7 @@ def run_row(row: Row, cache: Path, commit: str, *, resume: bool = False) -> dict
     labels = ensure_labels(row, cache) if row.supervision != "full" else None
     recipe = row.recipe(cache)
     pipeline = Pipeline(recipe, progress=False)
-    fingerprint, method_args = row.fingerprint(cache), row.method_args(cache)
+    fingerprint, method_args = row.fingerprint(cache), method_args_with_defaults(recipe)
     marker = Path(recipe.output_dir) / ROW_MARKER
     trained_under = {"fingerprint": fingerprint, "method_args": method_args}
     resume = resume and marker.is_file() and json.loads(marker.read_text()) == trained_under

@@ -210,6 +210,17 @@ def derive_points_from_boxes(
     return np.concatenate([centres, bg]).astype(np.float32)
 
 
+def derive_image_points(
+    image_id: str, mask: np.ndarray, class_set: ClassSet, protocol: LabelProtocol, boxes: np.ndarray | None
+) -> np.ndarray:
+    """An image's points under ``protocol``, from its own random stream: one per component, or (``"box-centres"``)
+    from ``boxes`` (``None``: no boxes)."""
+    rng = image_rng(protocol.seed, image_id, "points")
+    if protocol.points_mode == "component":
+        return derive_points(mask, class_set, protocol, rng)
+    return derive_points_from_boxes(empty_boxes() if boxes is None else boxes, mask, class_set, protocol, rng)
+
+
 def _disk(diameter: int) -> np.ndarray:
     """A boolean disk footprint of the given diameter in pixels (3 → full 3×3)."""
     centre = (diameter - 1) / 2
@@ -317,11 +328,7 @@ def derive_labels(
                     given, *mask.shape, class_set.num_classes, given_boxes_source, image_id=image_id
                 )
         if "points" in kinds:
-            rng = image_rng(protocol.seed, image_id, "points")
-            if protocol.points_mode == "component":
-                points[image_id] = derive_points(mask, class_set, protocol, rng)
-            else:
-                points[image_id] = derive_points_from_boxes(boxes[image_id], mask, class_set, protocol, rng)
+            points[image_id] = derive_image_points(image_id, mask, class_set, protocol, boxes.get(image_id))
         if "scribbles" in kinds:
             rng = image_rng(protocol.seed, image_id, "scribbles")
             scribble = derive_scribbles(mask, class_set, protocol, rng)
