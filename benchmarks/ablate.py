@@ -8,7 +8,9 @@ SPML's relations, PMP's modules (paper table 3).
 Each variant is the standard-profile `<method>-<supervision>` bench row's recipe (same data, labels, backbone,
 schedule, seed) with a few `method_args` changed; every stage runs in this process and the val metrics go to
 `benchmarks/results/ablations/<dataset>-<method>-<supervision>.json`, next to the `pce` and the method's own bench
-rows read from the standard results. Variants already there with the same recipe are not rerun unless ``--force``.
+rows read from the standard results. Variants already there with the same recipe are not rerun unless ``--force``;
+a variant interrupted earlier continues from its checkpoints (its `wall_s` then covers this process only, and
+`resumed_stages` says so).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from weakseg.bench import (
     DATASETS,
     Row,
+    claim_run_folder,
     git_commit,
     method_args_with_defaults,
     recipe_eras,
@@ -98,7 +101,9 @@ def main() -> None:
         if done and recorded_with(table[name], method_args) and not args.force:
             continue
         start = time.perf_counter()
-        metrics = Pipeline(recipe.check(), progress=False).run().metrics
+        resume = claim_run_folder(folder, fingerprint, method_args) and not args.force
+        result = Pipeline(recipe.check(), progress=False).run(resume=resume)
+        metrics = result.metrics
         table[name] = {
             "miou": metrics["miou"],
             "boundary_f": metrics["boundary_f"],
@@ -109,6 +114,8 @@ def main() -> None:
             "method_args": method_args,
             "wall_s": time.perf_counter() - start,
         }
+        if result.resumed_stages:
+            table[name]["resumed_stages"] = result.resumed_stages
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(table, indent=2) + "\n")
     print(f"{args.dataset} {args.supervision}, standard profile (700 steps × batch 8, crop 256, seed 0)")

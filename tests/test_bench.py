@@ -253,6 +253,14 @@ def test_a_row_does_not_resume_checkpoints_of_another_recipe(tiny_row: Row, tmp_
     assert finished["resumed_stages"] == ["train"] and finished["train_images_per_s"] > 0
 
 
+def test_a_run_folder_is_claimed_by_the_fingerprint_and_arguments_its_checkpoints_had(tmp_path: Path) -> None:
+    assert not bench.claim_run_folder(tmp_path, {"recipe": 1}, {"a": 1})  # a new folder: nothing to continue
+    assert bench.claim_run_folder(tmp_path, {"recipe": 1}, {"a": 1})
+    assert not bench.claim_run_folder(tmp_path, {"recipe": 1}, {"a": 2})  # other arguments take the folder over
+    assert not bench.claim_run_folder(tmp_path, {"recipe": 2}, {"a": 2})
+    assert bench.claim_run_folder(tmp_path, {"recipe": 2}, {"a": 2})
+
+
 def test_box_centre_rows_share_voc454_under_the_pmp_point_protocol(data_root: Path, tmp_path: Path) -> None:
     rows = plan_rows("standard", ["voc454-box-centres"], ["full", "pce", "pmp"], None, data_root, tmp_path)
     assert [r.name for r in rows] == ["full-full", "pce-points", "pmp-points"]

@@ -343,6 +343,16 @@ def derive_all(row: Row, out: Path) -> None:
     )
 
 
+def claim_run_folder(folder: Path, fingerprint: dict, method_args: dict) -> bool:
+    """Mark ``folder`` as trained under ``fingerprint`` and ``method_args``; True when its checkpoints were already
+    trained under the same, so that an interrupted run there may continue from them."""
+    marker = folder / ROW_MARKER
+    trained_under = {"fingerprint": fingerprint, "method_args": method_args}
+    same = marker.is_file() and json.loads(marker.read_text()) == trained_under
+    write_json(marker, trained_under)
+    return same
+
+
 def run_row(row: Row, cache: Path, commit: str, *, resume: bool = False) -> dict:
     """Train and evaluate one row (every stage of its method) in this process; return its JSON record.
 
@@ -357,10 +367,7 @@ def run_row(row: Row, cache: Path, commit: str, *, resume: bool = False) -> dict
     recipe = row.recipe(cache)
     pipeline = Pipeline(recipe, progress=False)
     fingerprint, method_args = row.fingerprint(cache), method_args_with_defaults(recipe)
-    marker = Path(recipe.output_dir) / ROW_MARKER
-    trained_under = {"fingerprint": fingerprint, "method_args": method_args}
-    resume = resume and marker.is_file() and json.loads(marker.read_text()) == trained_under
-    write_json(marker, trained_under)
+    resume = claim_run_folder(Path(recipe.output_dir), fingerprint, method_args) and resume
     if row.supervision == "full":
         train = SegmentationDataset(recipe.data, recipe.data.train_split, kinds=("mask",), required=("mask",))
         fraction, protocol = train.labelled_pixel_fraction("mask"), "full masks"
