@@ -98,7 +98,7 @@ def main() -> None:
         fingerprint = variant_fingerprint(recipe)
         method_args = method_args_with_defaults(recipe)
         done = name in table and table[name].get("recipe") in recipe_eras(fingerprint)
-        if done and recorded_with(table[name], method_args) and not args.force:
+        if done and recorded_with(table[name], recipe.method, method_args) and not args.force:
             continue
         start = time.perf_counter()
         resume = claim_run_folder(folder, fingerprint, method_args) and not args.force

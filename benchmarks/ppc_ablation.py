@@ -20,7 +20,15 @@ import json
 import time
 from pathlib import Path
 
-from weakseg.bench import DATASETS, Row, git_commit, method_args_with_defaults, recorded_with, variant_fingerprint
+from weakseg.bench import (
+    DATASETS,
+    Row,
+    git_commit,
+    method_args_with_defaults,
+    recipe_eras,
+    recorded_with,
+    variant_fingerprint,
+)
 from weakseg.engine.config import apply_overrides, from_dict, to_dict
 from weakseg.engine.pipeline import Pipeline
 from weakseg.engine.recipe import Recipe
@@ -70,8 +78,8 @@ def main() -> None:
             fingerprint = variant_fingerprint(recipe)
             method_args = method_args_with_defaults(recipe)
             key = f"{name} / seed {seed}"
-            done = key in table and table[key]["recipe"] == fingerprint and recorded_with(table[key], method_args)
-            if done and not args.force:
+            done = key in table and table[key]["recipe"] in recipe_eras(fingerprint)
+            if done and recorded_with(table[key], recipe.method, method_args) and not args.force:
                 continue
             start = time.perf_counter()
             result = Pipeline(recipe, progress=False).run(resume=True, until="pseudo")

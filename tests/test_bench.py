@@ -23,6 +23,7 @@ from weakseg.bench import (
     ensure_labels,
     plan_rows,
     recipe_eras,
+    recorded_with,
     run_row,
     update_ratios,
 )
@@ -137,8 +138,8 @@ def test_method_args_fill_in_the_code_defaults_without_cache_folders(data_root: 
     (data_root / "voc454" / "image_labels.json").write_text("{}")
     row = plan_rows("standard", ["voc454"], ["pmp-pretrained"], ["points"], data_root, tmp_path)[0]
     args = row.method_args(tmp_path)
-    assert row.recipe(tmp_path).method_args["norm"] == "batch" and args["norm"] == "batch"  # the recipe's value
-    assert args["threshold"] == PMPArgs.threshold and args["blots"] == to_dict(PointBlotConfig())  # code defaults
+    assert row.recipe(tmp_path).method_args["threshold"] == 0.75 and args["threshold"] == 0.75  # the recipe's value
+    assert args["use_refiner"] == PMPArgs.use_refiner and args["blots"] == to_dict(PointBlotConfig())  # code defaults
     assert args == json.loads(json.dumps(args))
 
 
@@ -173,18 +174,46 @@ def test_a_changed_default_in_the_code_makes_a_row_stale(
 
 def test_recipe_eras_drop_the_later_keys_at_their_defaults_from_the_newest_back() -> None:
     recipe = to_dict(load_recipe(["pce-points"], ["data.root=."]))
-    assert bench.LATER_KEYS[-1] == (("train", "tensorboard"), True) and recipe["train"]["tensorboard"] is True
+    assert bench.LATER_KEYS[-2] == (("train", "tensorboard"), True) and recipe["train"]["tensorboard"] is True
     eras = recipe_eras(recipe)
     assert len(eras) == len(bench.LATER_KEYS) + 1 and eras[-1] == recipe
-    assert "tensorboard" not in eras[-2]["train"] and eras[-2]["train"]["norm"] == "batch"  # before the newest key
+    assert "norm" not in eras[-2]["model"] and eras[-2]["train"]["tensorboard"] is True  # before the newest key
+    assert "tensorboard" not in eras[-3]["train"] and eras[-3]["train"]["norm"] == "batch"
     assert "norm" not in eras[0]["train"] and "crf" not in eras[0]["eval"]
     recipe["train"]["tensorboard"] = False  # a non-default value stays in every era
     assert all(era["train"]["tensorboard"] is False for era in recipe_eras(recipe))
     assert recipe_eras({"train": {"tensorboard": True}})[0] == {"train": {}}  # sections left out (ablate.py's)
 
 
+def test_the_from_scratch_upper_bound_trains_pmps_model_on_full_masks(data_root: Path, tmp_path: Path) -> None:
+    (data_root / "voc454" / "image_labels.json").write_text("{}")
+    full, scratch, pmp = plan_rows("standard", ["voc454"], ["full", "full-scratch", "pmp"], None, data_root, tmp_path)
+    assert scratch.name == "full-scratch-full" and scratch.json_path.name == "full-scratch-full.json"
+    recipes = [row.recipe(tmp_path) for row in (full, scratch, pmp)]
+    assert recipes[1].method == "full" and recipes[1].model == recipes[2].model != recipes[0].model
+    assert recipes[1].model.norm == "group_ws" and not recipes[1].model.pretrained
+    assert recipes[1].train == recipes[2].train and recipes[1].augment == recipes[2].augment
+    assert scratch.fingerprint(tmp_path) != full.fingerprint(tmp_path)
+
+
+def test_a_moved_key_goes_back_to_its_old_place_in_the_eras_before_the_move() -> None:
+    assert bench.LATER_KEYS[-1] == (("model", "norm"), "batch")
+    for name, norm in (("pmp-points", "group_ws"), ("pmp-pretrained-points", "batch")):
+        recipe = to_dict(load_recipe([name], ["data.root=."]))
+        *before, now = recipe_eras(recipe)
+        assert now["model"]["norm"] == norm and "norm" not in now["method_args"]
+        assert all("norm" not in era["model"] and era["method_args"]["norm"] == norm for era in before)
+    record = {"method_args": {"norm": "group_ws", "threshold": 0.75}}  # recorded when pmp held `norm`
+    assert recorded_with(record, "pmp", {"threshold": 0.75})
+    assert not recorded_with(record, "pce", {"threshold": 0.75})  # the key moved out of pmp's arguments only
+    assert not recorded_with(record, "pmp", {"threshold": 0.5})
+
+
 @needs_voc454
-@pytest.mark.parametrize(("method", "supervision"), [("cam", "tags"), ("full", "full"), ("rloss", "scribbles")])
+@pytest.mark.parametrize(
+    ("method", "supervision"),
+    [("cam", "tags"), ("full", "full"), ("rloss", "scribbles"), ("pmp", "points"), ("pmp-pretrained", "points")],
+)
 def test_a_row_recorded_before_a_later_key_existed_is_still_current(
     tmp_path: Path, method: str, supervision: str
 ) -> None:

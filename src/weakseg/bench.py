@@ -29,7 +29,7 @@ from weakseg.data.dataset import DataConfig, SegmentationDataset, camvid_layout,
 from weakseg.data.formats import read_coco_boxes, write_json
 from weakseg.data.sample import LABEL_KINDS
 from weakseg.data.simulate import LabelProtocol, derive_labels, mix_labels
-from weakseg.engine.config import RECIPE_DIR, from_dict, to_dict
+from weakseg.engine.config import MOVED_KEYS, RECIPE_DIR, from_dict, move_key, to_dict
 from weakseg.engine.pseudo_labels import STAGES
 from weakseg.engine.recipe import Recipe, load_recipe
 from weakseg.errors import ConfigError, WeakSegError
@@ -40,12 +40,27 @@ log = logging.getLogger(__name__)
 
 ROW_MARKER = "bench-row.json"  # in a row's run folder: the fingerprint and method arguments its checkpoints had
 
-# Row order in the tables: the upper bound first, then methods as they land.
-METHOD_ORDER = ("full", "pce", "rloss", "cam", "hfpl", "seam", "ppc", "ppc-hfpl", "spml", "pmp", "pmp-pretrained")
-# Rows of a registered method with other arguments: name → (method, supervisions); recipe <name>-<supervision>.
+# Row order in the tables: the upper bounds first (pretrained, from scratch), then methods as they land.
+METHOD_ORDER = (
+    "full",
+    "full-scratch",
+    "pce",
+    "rloss",
+    "cam",
+    "hfpl",
+    "seam",
+    "ppc",
+    "ppc-hfpl",
+    "spml",
+    "pmp",
+    "pmp-pretrained",
+)
+# Rows of a registered method with other arguments: name → (method, supervisions); recipe <name>-<supervision>
+# (<name> for full supervision).
 VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ppc-hfpl": ("ppc", ("tags",)),
     "pmp-pretrained": ("pmp", ("points",)),
+    "full-scratch": ("full", ("full",)),  # the upper bound of `pmp` (from scratch): same model and schedule
 }
 SUPERVISION_ORDER = ("full", "tags", "boxes", "points", "scribbles", "mixed")
 MIXED_FOLDER = "mixed"  # under a protocol's labels: each train image keeps one kind (mix_labels)
@@ -229,7 +244,7 @@ class Row:
         record = json.loads(self.json_path.read_text())
         if record.get("fingerprint") not in self.fingerprints(cache):
             return False
-        return recorded_with(record, self.method_args(cache))
+        return recorded_with(record, method_of(self.method), self.method_args(cache))
 
 
 # Recipe keys added after benchmark rows were recorded, oldest first, with the default that keeps the behaviour from
@@ -243,17 +258,22 @@ LATER_KEYS: list[tuple[tuple[str, ...], object]] = [
     (("stages",), {}),
     (("train", "norm"), "batch"),
     (("train", "tensorboard"), True),
+    (("model", "norm"), "batch"),  # moved from pmp's method_args (config.MOVED_KEYS): there in the eras before
 ]
 
 
 def recipe_eras(recipe: dict) -> list[dict]:
     """``recipe`` (a resolved recipe as a dict) as a record of each era of :data:`LATER_KEYS` holds it: for each ``i``,
-    without the ``i``-th key and every key after it where they are at their defaults (``i = 0``, the canonical form,
-    first; the last is ``recipe`` itself)."""
+    without the ``i``-th key and every key after it where they are at their defaults, or back at their old place where
+    they moved (``i = 0``, the canonical form, first; the last is ``recipe`` itself)."""
+    moved = {target: source for method, source, target in MOVED_KEYS if method == recipe.get("method")}
     eras = []
     for era in range(len(LATER_KEYS) + 1):
         pruned = copy.deepcopy(recipe)
         for path, default in LATER_KEYS[era:]:
+            if path in moved:
+                move_key(pruned, path, moved[path])
+                continue
             *parents, key = path
             section = functools.reduce(lambda d, k: d.get(k, {}), parents, pruned)  # a section left out: nothing
             if section.get(key, default) == default:
@@ -277,9 +297,14 @@ def method_args_with_defaults(recipe: Recipe) -> dict:
     return json.loads(json.dumps(without_cache_folders(recipe.method, args)))
 
 
-def recorded_with(record: dict, method_args: dict) -> bool:
-    """Whether a record was made with these method arguments (records from before they were kept: assumed so)."""
-    return record.get("method_args", method_args) == method_args
+def recorded_with(record: dict, method: str, method_args: dict) -> bool:
+    """Whether a record was made with ``method``'s arguments ``method_args`` (records from before they were kept:
+    assumed so; arguments that have since moved out of ``method_args`` are left to the fingerprint)."""
+    recorded = dict(record.get("method_args", method_args))
+    for owner, source, _ in MOVED_KEYS:
+        if owner == method and source[0] == "method_args":
+            recorded.pop(source[1], None)
+    return recorded == method_args
 
 
 def _digest(obj: object) -> str:

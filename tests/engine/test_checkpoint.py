@@ -78,3 +78,11 @@ def test_training_resumes_from_the_previous_checkpoint_when_the_last_is_truncate
     assert resumed.resume() and resumed.step == 2
     resumed.fit()
     assert load_checkpoint(last)["step"] == 6
+
+
+def test_a_checkpoint_comes_with_moved_recipe_keys_at_their_new_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.pt"
+    old_recipe = {"method": "pmp", "method_args": {"norm": "group_ws"}}  # before `norm` moved to the model section
+    save_checkpoint({"model": {"w": torch.ones(2)}, "recipe": old_recipe}, path)
+    recipe = load_checkpoint(path)["recipe"]
+    assert recipe["model"] == {"norm": "group_ws"} and recipe["method_args"] == {}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from weakseg.engine.config import RECIPE_DIR, apply_overrides, load_recipe_dict
+from weakseg.engine.config import RECIPE_DIR, apply_overrides, load_recipe_dict, upgrade_recipe_dict
 from weakseg.engine.recipe import Recipe, load_recipe
 from weakseg.errors import ConfigError
 
@@ -77,3 +77,13 @@ def test_overrides_do_not_mutate_their_input() -> None:
     data = {"train": {"steps": 1}}
     assert apply_overrides(data, ["train.steps=2"]) == {"train": {"steps": 2}}
     assert data == {"train": {"steps": 1}}
+
+
+def test_a_moved_key_is_read_at_its_new_place() -> None:
+    recipe = load_recipe("pmp-points", [*ROOT, "method_args.norm=batch"])  # where `norm` was before it moved
+    assert recipe.model.norm == "batch" and "norm" not in recipe.method_args
+    assert load_recipe("pmp-points", ROOT).model.norm == "group_ws"
+    assert upgrade_recipe_dict({"method": "pmp", "method_args": {"norm": "batch"}}) == {
+        "method": "pmp", "method_args": {}, "model": {"norm": "batch"},
+    }  # fmt: skip
+    assert load_recipe("pce-points", [*ROOT, "method_args.norm=batch"]).method_args["norm"] == "batch"  # not pmp's

@@ -1,16 +1,14 @@
-"""PMP's method: group norm + weight standardisation, on-the-fly pseudo-masks (refined output ⊙ expanded fields,
+"""PMP's method: on-the-fly pseudo-masks (refined output ⊙ expanded fields,
 threshold, blots, points), the per-epoch expansion, the state in checkpoints."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
-from tests.methods.test_cam import VOC, _model
+from tests.methods.test_cam import VOC
 from weakseg.errors import ConfigError
 from weakseg.methods import build_method
-from weakseg.models.segmentor import ModelConfig
 
 
 def _batch(size: int = 32) -> dict:
@@ -21,20 +19,6 @@ def _batch(size: int = 32) -> dict:
         "points": [torch.tensor([[20.0, 20.0, 5.0], [2.0, 2.0, 0.0]])],
         "blots": blots,
     }
-
-
-def test_group_norm_and_standardised_weights_replace_batch_norm() -> None:
-    model = _model()
-    build_method("pmp", None, "points", VOC).setup(model, ModelConfig(pretrained=False))
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    assert any(isinstance(m, nn.GroupNorm) for m in model.modules())
-    conv = model.backbone.body.conv_stem
-    flat = conv.weight.flatten(1)
-    torch.testing.assert_close(flat.mean(1), torch.zeros(flat.shape[0]), atol=1e-5, rtol=0)
-    torch.testing.assert_close(flat.std(1, unbiased=False), torch.ones(flat.shape[0]), atol=5e-3, rtol=0)
-    kept = _model()
-    build_method("pmp", {"norm": "batch"}, "points", VOC).setup(kept, ModelConfig(pretrained=False))
-    assert any(isinstance(m, nn.BatchNorm2d) for m in kept.modules())
 
 
 def test_pseudo_masks_threshold_the_fields_and_keep_blots_and_points() -> None:
@@ -73,8 +57,6 @@ def test_expansion_updates_once_per_epoch_and_travels_in_the_state(tmp_path) -> 
 
 
 def test_arguments_are_checked() -> None:
-    with pytest.raises(ConfigError, match="method_args.norm must be one of group_ws, batch"):
-        build_method("pmp", {"norm": "layer"}, "points", VOC)
     with pytest.raises(ConfigError, match="threshold"):
         build_method("pmp", {"threshold": 0}, "points", VOC)
     with pytest.raises(ConfigError, match="trains from points"):

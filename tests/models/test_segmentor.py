@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from weakseg.errors import ConfigError
 from weakseg.models import ASPP, CAMHead, ModelConfig, ProjectionHead, SegmentationModel, build_model
@@ -182,3 +183,16 @@ def test_classifier_can_read_a_decoder_head_but_not_a_backbone_one() -> None:
     model.set_classifier(torch.nn.Conv2d(8, 3, 1), source="emb")
     out = model(torch.randn(1, 3, 32, 32))
     torch.testing.assert_close(out["logits"], model.classifier(out["emb"]))
+
+
+def test_group_norm_and_standardised_weights_replace_batch_norm() -> None:
+    model = model_with(norm="group_ws")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert any(isinstance(m, nn.GroupNorm) for m in model.modules())
+    flat = model.backbone.body.conv_stem.weight.flatten(1)
+    torch.testing.assert_close(flat.mean(1), torch.zeros(flat.shape[0]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(flat.std(1, unbiased=False), torch.ones(flat.shape[0]), atol=5e-3, rtol=0)
+    assert model(images(1))["logits"].shape == (1, K, SIZE // 4, SIZE // 4)  # batch of one: no batch statistics
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model_with().modules())
+    with pytest.raises(ConfigError, match="model.norm must be one of batch, group_ws, not 'layer'"):
+        model_with(norm="layer")

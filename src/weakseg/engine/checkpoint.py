@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from weakseg.data.formats import atomic_write
+from weakseg.engine.config import upgrade_recipe_dict
 from weakseg.errors import TrainingError
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,8 @@ def save_checkpoint(state: dict, path: str | Path, *, keep_previous: bool = Fals
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint with ``weights_only=True``; a missing, truncated, damaged or foreign file is a clear error."""
+    """Load a checkpoint with ``weights_only=True``; a missing, truncated, damaged or foreign file is a clear error.
+    Its recipe comes with moved keys at their current places."""
     path = Path(path)
     if not path.is_file():
         raise TrainingError(f"{path}: checkpoint not found")
@@ -68,6 +70,8 @@ def load_checkpoint(path: str | Path) -> dict:
         raise TrainingError(f"{path}: not a weakseg checkpoint")
     if state.get("digest") is not None and weights_digest(state["model"]) != state["digest"]:
         raise TrainingError(f"{path}: checkpoint is corrupt (its weights do not match the digest written with them)")
+    if isinstance(state.get("recipe"), dict):
+        state["recipe"] = upgrade_recipe_dict(state["recipe"])
     return state
 
 

@@ -151,6 +151,41 @@ def load_recipe_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     return deep_merge(merged, data)
 
 
+# Recipe keys that moved: (the method whose recipes had the key, where it was, where it is now). Recipes and
+# checkpoints written before a move are read with the key at its new place (`upgrade_recipe_dict`); the bench
+# matches rows recorded before it by moving the key back (`weakseg.bench.recipe_eras`).
+MOVED_KEYS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
+    ("pmp", ("method_args", "norm"), ("model", "norm")),  # group norm + weight standardisation, for every method
+]
+
+
+def move_key(recipe: dict, source: tuple[str, ...], target: tuple[str, ...]) -> None:
+    """In place: the value at the key path ``source`` goes to ``target`` (nothing happens when it is absent)."""
+    *parents, key = source
+    section = recipe
+    for name in parents:
+        section = section.get(name)
+        if not isinstance(section, dict):
+            return
+    if key not in section:
+        return
+    value = section.pop(key)
+    *parents, key = target
+    section = recipe
+    for name in parents:
+        section = section.setdefault(name, {})
+    section[key] = value
+
+
+def upgrade_recipe_dict(recipe: dict) -> dict:
+    """A copy of ``recipe`` (a recipe as a dict) with the keys of :data:`MOVED_KEYS` at their current places."""
+    recipe = copy.deepcopy(recipe)
+    for method, source, target in MOVED_KEYS:
+        if recipe.get("method") == method:
+            move_key(recipe, source, target)
+    return recipe
+
+
 def deep_merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for key, value in over.items():

@@ -21,7 +21,7 @@ from weakseg.data.dataset import SegmentationDataset, resolve_class_set
 from weakseg.data.formats import write_json
 from weakseg.data.sample import LABEL_KINDS
 from weakseg.engine import distributed
-from weakseg.engine.config import deep_merge, from_dict, to_dict
+from weakseg.engine.config import deep_merge, from_dict, to_dict, upgrade_recipe_dict
 from weakseg.engine.device import select_device
 from weakseg.engine.evaluator import evaluate
 from weakseg.engine.pseudo_labels import make_pseudo_labels
@@ -98,7 +98,7 @@ class Pipeline:
         recipe_file = folder / "recipe.yaml"
         if not recipe_file.is_file():
             return False
-        saved, current = yaml.safe_load(recipe_file.read_text()), to_dict(self.stage_recipe(name))
+        saved, current = upgrade_recipe_dict(yaml.safe_load(recipe_file.read_text())), to_dict(self.stage_recipe(name))
         return all(saved.get(k) == current.get(k) for k in (*RESUME_INVARIANTS, "train"))
 
     def _pseudo_fingerprint(self) -> dict:

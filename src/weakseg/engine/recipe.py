@@ -8,7 +8,7 @@ from pathlib import Path
 
 from weakseg.data.dataset import DataConfig
 from weakseg.data.transforms import AugmentConfig
-from weakseg.engine.config import apply_overrides, deep_merge, from_dict, load_recipe_dict
+from weakseg.engine.config import apply_overrides, deep_merge, from_dict, load_recipe_dict, upgrade_recipe_dict
 from weakseg.errors import ConfigError
 from weakseg.models.segmentor import ModelConfig
 from weakseg.pseudo.cam import PseudoLabelConfig
@@ -96,5 +96,5 @@ def load_recipe(paths: str | Path | Sequence[str | Path] | None, overrides: list
     data: dict = {}
     for path in paths:
         data = deep_merge(data, load_recipe_dict(path))
-    data = apply_overrides(data, overrides or [])
+    data = upgrade_recipe_dict(apply_overrides(data, overrides or []))
     return from_dict(Recipe, data).check()

@@ -24,7 +24,7 @@ from weakseg.data.classes import IGNORE_INDEX, ClassSet
 from weakseg.data.dataset import SegmentationDataset
 from weakseg.data.formats import atomic_write, read_label_map
 from weakseg.data.sample import Sample
-from weakseg.engine.config import from_dict
+from weakseg.engine.config import from_dict, upgrade_recipe_dict
 from weakseg.engine.evaluator import predict_with_config
 from weakseg.engine.pipeline import final_checkpoint
 from weakseg.engine.predict import overlay
@@ -76,7 +76,7 @@ def write_run_report(
         raise DataError(run_dir, "no recipe.yaml here or in a stage folder: not a weakseg run folder")
     checkpoint = Path(checkpoint) if checkpoint is not None else final_checkpoint(run_dir)
     model, final_recipe, state = load_model_from_checkpoint(checkpoint, torch.device("cpu"))
-    weak_recipe = from_dict(Recipe, yaml.safe_load((stages[0] / "recipe.yaml").read_text()))
+    weak_recipe = from_dict(Recipe, upgrade_recipe_dict(yaml.safe_load((stages[0] / "recipe.yaml").read_text())))
     class_set = ClassSet.from_dict(state["class_set"])
     sections = [
         _metrics_section(metrics, class_set),

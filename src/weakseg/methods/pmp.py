@@ -10,9 +10,9 @@ Every step makes the batch's pseudo-masks on the fly, without gradient:
 
 The loss is the cross-entropy on those pseudo-masks (ignored pixels skipped). The expansion scores are updated at
 the end of every epoch (every ``num_images`` images seen) from the epoch's accumulated loss, and kept in checkpoints.
-By default the model's batch norms become group norms and its convolutions standardise their weights (``norm``), as
-the paper does for training from scratch; recipes set ``model.pretrained=false`` (``pmp-points``) or keep the
-ImageNet backbone with batch norm (``pmp-points-pretrained``).
+The ``pmp-points`` recipe trains from random weights with group norm + weight standardisation
+(``model.pretrained=false``, ``model.norm=group_ws``), as the paper does; ``pmp-pretrained-points`` keeps the
+ImageNet backbone and its batch norms.
 """
 
 from __future__ import annotations
@@ -34,19 +34,14 @@ from weakseg.engine import distributed
 from weakseg.errors import ConfigError, TrainingError
 from weakseg.losses import PartialCrossEntropy
 from weakseg.methods.base import Method, register_method
-from weakseg.models.norms import group_norm_weight_standardization
-from weakseg.models.segmentor import ModelConfig, SegmentationModel
 from weakseg.pseudo.cache import SampleMapCache, digest
 from weakseg.pseudo.distance_fields import ExpansionScore, aggregate_fields, expand_fields, proximity_fields
 from weakseg.pseudo.pac import PACRefiner
 from weakseg.pseudo.point_blots import PointBlotConfig, point_blots
 
-NORMS = ("group_ws", "batch")
-
 
 @dataclass
 class PMPArgs:
-    norm: str = "group_ws"  # group norm + weight standardisation (from scratch), or the model's batch norms
     threshold: float = 0.75  # pseudo-mask threshold on refined output ⊙ fields
     lower: float = -0.025  # ω, the expansion score's lower limit per epoch
     upper: float = 0.025  # η, its upper limit
@@ -80,8 +75,6 @@ class PMP(Method):
 
     def __init__(self, args: PMPArgs, supervision: str, class_set: ClassSet) -> None:
         super().__init__(args, supervision, class_set)
-        if args.norm not in NORMS:
-            raise ConfigError(f"method_args.norm must be one of {', '.join(NORMS)}, not {args.norm!r}")
         if not 0.0 < args.threshold <= 1.0 or args.lower > args.upper:
             raise ConfigError("method_args: threshold must lie in (0, 1] and lower <= upper")
         args.blots.check()
@@ -108,10 +101,6 @@ class PMP(Method):
         if self.blot_cache is None:
             raise TrainingError("pmp: the point-blot cache is not set up (Method.bind was not called)")
         return self.blot_cache(sample)
-
-    def setup(self, model: SegmentationModel, cfg: ModelConfig) -> None:
-        if self.args.norm == "group_ws":
-            group_norm_weight_standardization(model)
 
     def state_dict(self) -> dict:
         return {"score": self.score.state_dict(), "seen": self.seen, "epoch_loss": float(self.epoch_loss)}

@@ -1,4 +1,5 @@
-"""Group normalisation + weight standardisation (Qiao et al. 2019), PMP's normalisation for from-scratch training."""
+"""Group normalisation + weight standardisation (Qiao et al. 2019), PMP's normalisation for from-scratch training
+(``model.norm: group_ws``)."""
 
 from __future__ import annotations
 

@@ -10,8 +10,10 @@ from torch import nn
 from weakseg.errors import ConfigError
 from weakseg.models.backbones import Backbone, create_backbone
 from weakseg.models.heads import DeepLabDecoder
+from weakseg.models.norms import group_norm_weight_standardization
 
 HEAD_INPUTS = ("decoder", "backbone")
+NORMS = ("batch", "group_ws")
 
 
 @dataclass
@@ -30,6 +32,9 @@ class ModelConfig:
     separable: bool = True
     dropout: float = 0.1
     channels_last: bool = True  # NHWC: 1.46× faster training steps on CPU (benchmarks/profile_step.py)
+    # "batch": the backbone's batch norms; "group_ws": group norm + weight standardisation everywhere (Qiao et al.
+    # 2019), PMP's normalisation for training from scratch on small batches.
+    norm: str = "batch"
 
 
 class SegmentationModel(nn.Module):
@@ -115,6 +120,8 @@ def build_model(cfg: ModelConfig, num_classes: int) -> SegmentationModel:
     """Build the segmentation model a recipe describes."""
     if cfg.head not in ("deeplabv3plus", "deeplabv3"):
         raise ConfigError(f"model.head must be deeplabv3plus or deeplabv3, not {cfg.head!r}")
+    if cfg.norm not in NORMS:
+        raise ConfigError(f"model.norm must be one of {', '.join(NORMS)}, not {cfg.norm!r}")
     backbone = create_backbone(
         cfg.backbone, pretrained=cfg.pretrained, weights=cfg.weights, output_stride=cfg.output_stride
     )
@@ -126,4 +133,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> SegmentationModel:
         plus=cfg.head == "deeplabv3plus",
         separable=cfg.separable,
     )
-    return SegmentationModel(backbone, decoder, num_classes, cfg.dropout, cfg.channels_last)
+    model = SegmentationModel(backbone, decoder, num_classes, cfg.dropout, cfg.channels_last)
+    if cfg.norm == "group_ws":
+        group_norm_weight_standardization(model)
+    return model
