@@ -26,9 +26,8 @@ from weakseg.bench import (
     claim_run_folder,
     git_commit,
     method_args_with_defaults,
-    recipe_eras,
-    recorded_with,
     variant_fingerprint,
+    variant_recorded,
 )
 from weakseg.engine.config import apply_overrides, from_dict, to_dict
 from weakseg.engine.pipeline import Pipeline
@@ -95,11 +94,9 @@ def main() -> None:
         folder = args.cache / "runs" / "ablations" / args.dataset / f"{args.method}-{args.supervision}" / str(index)
         overrides = [*variants[name], f"output_dir={folder}"]
         recipe = from_dict(Recipe, apply_overrides(to_dict(row.recipe(args.cache)), overrides))
-        fingerprint = variant_fingerprint(recipe)
-        method_args = method_args_with_defaults(recipe)
-        done = name in table and table[name].get("recipe") in recipe_eras(fingerprint)
-        if done and recorded_with(table[name], recipe.method, method_args) and not args.force:
+        if variant_recorded(table.get(name), recipe) and not args.force:
             continue
+        fingerprint, method_args = variant_fingerprint(recipe), method_args_with_defaults(recipe)
         start = time.perf_counter()
         resume = claim_run_folder(folder, fingerprint, method_args) and not args.force
         result = Pipeline(recipe.check(), progress=False).run(resume=resume)

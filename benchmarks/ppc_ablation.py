@@ -25,9 +25,8 @@ from weakseg.bench import (
     Row,
     git_commit,
     method_args_with_defaults,
-    recipe_eras,
-    recorded_with,
     variant_fingerprint,
+    variant_recorded,
 )
 from weakseg.engine.config import apply_overrides, from_dict, to_dict
 from weakseg.engine.pipeline import Pipeline
@@ -78,8 +77,7 @@ def main() -> None:
             fingerprint = variant_fingerprint(recipe)
             method_args = method_args_with_defaults(recipe)
             key = f"{name} / seed {seed}"
-            done = key in table and table[key]["recipe"] in recipe_eras(fingerprint)
-            if done and recorded_with(table[key], recipe.method, method_args) and not args.force:
+            if variant_recorded(table.get(key), recipe) and not args.force:
                 continue
             start = time.perf_counter()
             result = Pipeline(recipe, progress=False).run(resume=True, until="pseudo")

@@ -26,11 +26,12 @@ from weakseg.bench import (
     recorded_with,
     run_row,
     update_ratios,
+    variant_recorded,
 )
 from weakseg.data.formats import read_coco_boxes, read_points_json, write_json
 from weakseg.data.simulate import LabelProtocol
-from weakseg.engine.config import to_dict
-from weakseg.engine.recipe import load_recipe
+from weakseg.engine.config import apply_overrides, from_dict, to_dict
+from weakseg.engine.recipe import Recipe, load_recipe
 from weakseg.engine.trainer import Trainer
 from weakseg.errors import ConfigError
 from weakseg.methods import METHODS
@@ -220,6 +221,21 @@ def test_a_row_recorded_before_a_later_key_existed_is_still_current(
     recorded = Path(__file__).parents[1] / "benchmarks" / "results"
     row = plan_rows("standard", ["voc454"], [method], [supervision], SHARED_DATA, recorded)[0]
     assert row.is_current(tmp_path)
+
+
+@needs_voc454
+@pytest.mark.parametrize(("method", "supervision"), [("spml", "points"), ("spml", "scribbles"), ("pmp", "points")])
+def test_recorded_ablation_variants_are_current(tmp_path: Path, method: str, supervision: str) -> None:
+    recorded = Path(__file__).parents[1] / "benchmarks" / "results"
+    table = json.loads((recorded / "ablations" / f"voc454-{method}-{supervision}.json").read_text())
+    row = plan_rows("standard", ["voc454"], [method], [supervision], SHARED_DATA, recorded)[0]
+    variants = {name: record for name, record in table.items() if "recipe" in record}  # not the bench rows
+    assert variants
+    for record in variants.values():
+        recipe = from_dict(Recipe, apply_overrides(to_dict(row.recipe(tmp_path)), record["overrides"]))
+        assert variant_recorded(record, recipe)
+        changed = from_dict(Recipe, apply_overrides(to_dict(recipe), ["train.steps=10"]))
+        assert not variant_recorded(record, changed)
 
 
 @pytest.fixture

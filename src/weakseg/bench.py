@@ -307,6 +307,14 @@ def recorded_with(record: dict, method: str, method_args: dict) -> bool:
     return recorded == method_args
 
 
+def variant_recorded(record: dict | None, recipe: Recipe) -> bool:
+    """Whether an ablation table's ``record`` was made with ``recipe``: its fingerprint as any era held it, and its
+    method's arguments as the code fills them in now."""
+    if record is None or record.get("recipe") not in recipe_eras(variant_fingerprint(recipe)):
+        return False
+    return recorded_with(record, recipe.method, method_args_with_defaults(recipe))
+
+
 def _digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
