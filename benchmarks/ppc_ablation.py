@@ -74,11 +74,10 @@ def main() -> None:
             place = [f"output_dir={folder}"] if overrides else []
             recipe_dict = apply_overrides(to_dict(row.recipe(args.cache)), [*overrides, *place])
             recipe = from_dict(Recipe, recipe_dict).check()
-            fingerprint = variant_fingerprint(recipe)
-            method_args = method_args_with_defaults(recipe)
             key = f"{name} / seed {seed}"
             if variant_recorded(table.get(key), recipe) and not args.force:
                 continue
+            fingerprint, method_args = variant_fingerprint(recipe), method_args_with_defaults(recipe)
             start = time.perf_counter()
             result = Pipeline(recipe, progress=False).run(resume=True, until="pseudo")
             seeds = result.metrics["pseudo_labels"]
