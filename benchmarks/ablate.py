@@ -29,7 +29,7 @@ from weakseg.bench import (
     variant_fingerprint,
     variant_recorded,
 )
-from weakseg.engine.config import apply_overrides, from_dict, to_dict
+from weakseg.config import apply_overrides, from_dict, to_dict
 from weakseg.engine.pipeline import Pipeline
 from weakseg.engine.recipe import Recipe
 

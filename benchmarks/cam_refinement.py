@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 from weakseg.bench import DATASETS, Row, git_commit, pseudo_summary
+from weakseg.config import to_dict
 from weakseg.data.formats import write_json
-from weakseg.engine.config import to_dict
+from weakseg.engine.checkpoint import load_model_from_checkpoint
 from weakseg.engine.device import select_device
 from weakseg.engine.pipeline import Pipeline, pseudo_label_dataset
 from weakseg.engine.pseudo_labels import make_pseudo_labels
-from weakseg.engine.trainer import load_model_from_checkpoint
 from weakseg.pseudo.cam import PseudoLabelConfig
 
 VARIANTS = {

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
+from weakseg.engine.checkpoint import load_model_from_checkpoint
 from weakseg.engine.device import normalize
 from weakseg.engine.pipeline import pseudo_label_dataset
 from weakseg.engine.recipe import load_recipe
-from weakseg.engine.trainer import load_model_from_checkpoint
 from weakseg.pseudo.cam import extract_cams, max_normalise
 
 BORDER = 16  # px

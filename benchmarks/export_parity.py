@@ -19,10 +19,10 @@ import onnxruntime as ort
 import torch
 
 from weakseg.data.formats import read_image
+from weakseg.engine.checkpoint import load_model_from_checkpoint
 from weakseg.engine.device import normalize
 from weakseg.engine.export import export_checkpoint
 from weakseg.engine.inference import predict_probs
-from weakseg.engine.trainer import load_model_from_checkpoint
 
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 

@@ -27,8 +27,9 @@ import numpy as np
 
 from weakseg.data.dataset import SegmentationDataset, voc_layout
 from weakseg.data.formats import read_coco_boxes
-from weakseg.data.simulate import POINTS_MODES, LabelProtocol, derive_image_points, stable_int
+from weakseg.data.simulate import POINTS_MODES, LabelProtocol, derive_image_points
 from weakseg.pseudo.point_blots import PointBlotConfig, point_blots
+from weakseg.utils import stable_int
 
 SCORES = ("coverage", "precision", "object precision", "object recall", "background share")
 

@@ -22,8 +22,8 @@ from pmp_blots import SCORES, label_counts, label_scores  # benchmarks/ is on sy
 
 from weakseg.data.dataset import SegmentationDataset
 from weakseg.data.loader import collate, sample_to_tensors
+from weakseg.engine.checkpoint import load_model_from_checkpoint
 from weakseg.engine.device import normalize
-from weakseg.engine.trainer import load_model_from_checkpoint
 from weakseg.methods import build_method
 
 

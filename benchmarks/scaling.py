@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from weakseg.bench import DATASETS, Row
+from weakseg.config import to_dict
 from weakseg.data.formats import write_json
-from weakseg.engine.config import to_dict
 
 
 def standard_overrides(dataset: str, data_root: Path, cache: Path, steps: int, device: str, processes: int) -> list:

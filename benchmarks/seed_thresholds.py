@@ -24,9 +24,9 @@ import torch
 
 from weakseg.bench import DATASETS, Row, git_commit, update_ratios
 from weakseg.data.formats import write_json
+from weakseg.engine.checkpoint import LAST, load_model_from_checkpoint
 from weakseg.engine.pipeline import PSEUDO_STAGE, Pipeline, pseudo_label_dataset
 from weakseg.engine.pseudo_labels import make_pseudo_labels
-from weakseg.engine.trainer import LAST, load_model_from_checkpoint
 from weakseg.pseudo.cam import SEED_THRESHOLDS
 from weakseg.report import write_benchmark_docs
 

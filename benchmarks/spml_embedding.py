@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from weakseg.data.dataset import SegmentationDataset
+from weakseg.engine.checkpoint import load_model_from_checkpoint
 from weakseg.engine.device import normalize
-from weakseg.engine.trainer import load_model_from_checkpoint
 from weakseg.methods.spml import EMBEDDING
 
 

@@ -28,9 +28,9 @@ from weakseg.bench import (
     update_ratios,
     variant_recorded,
 )
+from weakseg.config import apply_overrides, from_dict, to_dict
 from weakseg.data.formats import read_coco_boxes, read_points_json, write_json
 from weakseg.data.simulate import LabelProtocol
-from weakseg.engine.config import apply_overrides, from_dict, to_dict
 from weakseg.engine.recipe import Recipe, load_recipe
 from weakseg.engine.trainer import Trainer
 from weakseg.errors import ConfigError

@@ -25,11 +25,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from weakseg.config import MOVED_KEYS, RECIPE_DIR, from_dict, move_key, to_dict
 from weakseg.data.dataset import DataConfig, SegmentationDataset, camvid_layout, voc_layout
 from weakseg.data.formats import read_coco_boxes, write_json
 from weakseg.data.sample import LABEL_KINDS
 from weakseg.data.simulate import LabelProtocol, derive_labels, mix_labels
-from weakseg.engine.config import MOVED_KEYS, RECIPE_DIR, from_dict, move_key, to_dict
 from weakseg.engine.pseudo_labels import STAGES
 from weakseg.engine.recipe import Recipe, load_recipe
 from weakseg.errors import ConfigError, WeakSegError

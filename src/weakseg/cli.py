@@ -58,7 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def distributed_run(device: str) -> Iterator[None]:
     """Under torchrun: join the process group for the command, and leave it at the end."""
-    from weakseg.engine import distributed
+    from weakseg import distributed
 
     distributed.init_distributed(device)
     try:
@@ -74,14 +74,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _evaluate_checkpoint(args: argparse.Namespace) -> int:
+    from weakseg import distributed
     from weakseg.data.dataset import SegmentationDataset
     from weakseg.data.formats import write_json
-    from weakseg.engine import distributed
+    from weakseg.engine.checkpoint import load_model_from_checkpoint
     from weakseg.engine.device import select_device
     from weakseg.engine.evaluator import evaluate
     from weakseg.engine.pipeline import pseudo_label_dataset
     from weakseg.engine.pseudo_labels import make_pseudo_labels
-    from weakseg.engine.trainer import load_model_from_checkpoint
     from weakseg.methods import METHODS
 
     device = select_device(args.device)
@@ -158,9 +158,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from weakseg.data.classes import ClassSet
+    from weakseg.engine.checkpoint import load_model_from_checkpoint
     from weakseg.engine.device import select_device
     from weakseg.engine.predict import expand_inputs, predict_files
-    from weakseg.engine.trainer import load_model_from_checkpoint
 
     device = select_device(args.device)
     model, recipe, state = load_model_from_checkpoint(args.checkpoint, device, args.overrides)

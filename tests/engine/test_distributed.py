@@ -21,11 +21,11 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from tests.conftest import tiny_overrides
-from weakseg.engine import distributed
-from weakseg.engine.checkpoint import load_checkpoint
+from weakseg import distributed
+from weakseg.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
 from weakseg.engine.evaluator import evaluate
 from weakseg.engine.recipe import load_recipe
-from weakseg.engine.trainer import Trainer, load_model_from_checkpoint
+from weakseg.engine.trainer import Trainer
 from weakseg.losses.ppc import PixelPrototypeContrastLoss, cam_assignments, estimate_prototypes
 from weakseg.losses.spml import PixelSegmentContrastLoss
 

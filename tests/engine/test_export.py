@@ -12,13 +12,13 @@ import torch
 from tests.conftest import SHARED_DATA, needs_voc454, tiny_overrides
 from weakseg.data.formats import read_image
 from weakseg.engine import export
-from weakseg.engine.checkpoint import load_checkpoint
+from weakseg.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
 from weakseg.engine.device import normalize
 from weakseg.engine.export import export_checkpoint, sidecar_path
 from weakseg.engine.inference import predict_probs
 from weakseg.engine.pipeline import Pipeline
 from weakseg.engine.recipe import load_recipe
-from weakseg.engine.trainer import Trainer, load_model_from_checkpoint
+from weakseg.engine.trainer import Trainer
 from weakseg.errors import ConfigError, TrainingError
 
 EXAMPLE_SIZE = 96  # traced at 96², checked on 64² shapes images and ~500×375 VOC photos

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tests.conftest import tiny_overrides
-from weakseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from weakseg.engine.checkpoint import load_checkpoint, load_model_from_checkpoint, save_checkpoint
 from weakseg.engine.recipe import load_recipe
-from weakseg.engine.trainer import Trainer, load_model_from_checkpoint, lr_factor
+from weakseg.engine.trainer import Trainer, lr_factor
 from weakseg.errors import ConfigError, DataError, TrainingError
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from weakseg.data.formats import (
 )
 from weakseg.data.sample import LABEL_FILES, LABEL_KINDS, box_pixel_slices, check_image_id, empty_boxes, empty_points
 from weakseg.errors import ConfigError, DataError
+from weakseg.utils import stable_int
 
 POINTS_MODES = ("component", "box-centres")
 PMP_BACKGROUND_POINTS = 4
@@ -103,11 +103,6 @@ class LabelProtocol:
             )
         described = "; ".join(parts[k] for k in LABEL_KINDS if k in kinds)
         return f"{described}; seed {self.seed}, min area {self.min_component_area}"
-
-
-def stable_int(text: str) -> int:
-    """A platform-independent hash of a string (CRC-32 of its UTF-8 bytes)."""
-    return zlib.crc32(text.encode("utf-8"))
 
 
 def image_rng(seed: int, image_id: str, kind: str) -> np.random.Generator:

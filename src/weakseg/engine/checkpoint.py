@@ -10,17 +10,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from weakseg.config import apply_overrides, from_dict, upgrade_recipe_dict
+from weakseg.data.classes import ClassSet
 from weakseg.data.formats import atomic_write
-from weakseg.engine.config import upgrade_recipe_dict
+from weakseg.engine.recipe import Recipe
 from weakseg.errors import TrainingError
+from weakseg.methods import build_method
+from weakseg.models import SegmentationModel, build_model
 
 log = logging.getLogger(__name__)
 
 FORMAT = "weakseg-checkpoint-v1"
+LAST = "last.pt"  # the checkpoint a run resumes from
 
 
 def weights_digest(weights: dict[str, torch.Tensor]) -> str:
@@ -86,3 +92,19 @@ def load_latest_good(path: Path) -> tuple[dict, Path]:
         state = load_checkpoint(fallback)
         log.warning("%s; resuming from the checkpoint before it, %s (step %d)", error, fallback, state["step"])
         return state, fallback
+
+
+def load_model_from_checkpoint(
+    path: str | Path, device: torch.device, overrides: Sequence[str] = ()
+) -> tuple[SegmentationModel, Recipe, dict]:
+    """Rebuild the model of a checkpoint (no ImageNet weights needed) and load its weights. ``overrides``
+    (``key=value``) change the checkpoint's recipe before the model and its method are built, so that inference
+    settings such as ``method_args.random_walk=false`` take effect."""
+    state = load_checkpoint(path)
+    recipe = from_dict(Recipe, apply_overrides(state["recipe"], list(overrides)))
+    class_set = ClassSet.from_dict(state["class_set"])
+    recipe.model.pretrained = False
+    model = build_model(recipe.model, class_set.num_classes)
+    build_method(recipe.method, recipe.method_args, recipe.supervision, class_set).setup(model, recipe.model)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), recipe, state

@@ -7,7 +7,7 @@ import logging
 
 import torch
 
-from weakseg.engine.distributed import env_world_size, local_rank
+from weakseg.distributed import env_world_size, local_rank
 from weakseg.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from weakseg import distributed
 from weakseg.data.dataset import SegmentationDataset
 from weakseg.data.formats import write_label_png
 from weakseg.data.loader import collate, sample_to_tensors
-from weakseg.engine import distributed
 from weakseg.engine.device import normalize
 from weakseg.engine.inference import predict_probs
 from weakseg.engine.metrics import SegmentationMetrics

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from weakseg import __version__
 from weakseg.data.classes import ClassSet
 from weakseg.data.formats import atomic_write, write_json
-from weakseg.engine.trainer import load_model_from_checkpoint
+from weakseg.engine.checkpoint import load_model_from_checkpoint
 from weakseg.errors import ConfigError
 from weakseg.methods import METHODS
 from weakseg.models import SegmentationModel

@@ -17,16 +17,17 @@ from pathlib import Path
 
 import yaml
 
+from weakseg import distributed
+from weakseg.config import deep_merge, from_dict, to_dict, upgrade_recipe_dict
 from weakseg.data.dataset import SegmentationDataset, resolve_class_set
 from weakseg.data.formats import write_json
 from weakseg.data.sample import LABEL_KINDS
-from weakseg.engine import distributed
-from weakseg.engine.config import deep_merge, from_dict, to_dict, upgrade_recipe_dict
+from weakseg.engine.checkpoint import LAST, load_model_from_checkpoint
 from weakseg.engine.device import select_device
 from weakseg.engine.evaluator import evaluate
 from weakseg.engine.pseudo_labels import make_pseudo_labels
 from weakseg.engine.recipe import Recipe
-from weakseg.engine.trainer import LAST, RESUME_INVARIANTS, Trainer, load_model_from_checkpoint
+from weakseg.engine.trainer import RESUME_INVARIANTS, Trainer
 from weakseg.errors import ConfigError, DataError, TrainingError
 from weakseg.methods import build_method
 

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from weakseg import distributed
 from weakseg.data.classes import IGNORE_INDEX, ClassSet
 from weakseg.data.dataset import SegmentationDataset
 from weakseg.data.formats import write_label_png
 from weakseg.data.sample import Sample, sample_classes
-from weakseg.engine import distributed
 from weakseg.engine.device import normalize
 from weakseg.engine.metrics import ConfusionMatrix, SegmentationMetrics
 from weakseg.pseudo import PAMR, DenseCRF, RandomWalk

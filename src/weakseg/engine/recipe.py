@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from weakseg.config import apply_overrides, deep_merge, from_dict, load_recipe_dict, upgrade_recipe_dict
 from weakseg.data.dataset import DataConfig
 from weakseg.data.transforms import AugmentConfig
-from weakseg.engine.config import apply_overrides, deep_merge, from_dict, load_recipe_dict, upgrade_recipe_dict
 from weakseg.errors import ConfigError
 from weakseg.models.segmentor import ModelConfig
 from weakseg.pseudo.cam import PseudoLabelConfig

@@ -20,17 +20,17 @@ import torch
 import yaml
 from PIL import Image, ImageDraw
 
+from weakseg.config import from_dict, upgrade_recipe_dict
 from weakseg.data.classes import IGNORE_INDEX, ClassSet
 from weakseg.data.dataset import SegmentationDataset
 from weakseg.data.formats import atomic_write, read_label_map
 from weakseg.data.sample import Sample
-from weakseg.engine.config import from_dict, upgrade_recipe_dict
+from weakseg.engine.checkpoint import load_model_from_checkpoint
 from weakseg.engine.evaluator import predict_with_config
 from weakseg.engine.pipeline import final_checkpoint
 from weakseg.engine.predict import overlay
 from weakseg.engine.recipe import Recipe
 from weakseg.engine.run_log import CSV_NAME, read_metrics_csv
-from weakseg.engine.trainer import load_model_from_checkpoint
 from weakseg.errors import DataError
 from weakseg.methods import build_method
 

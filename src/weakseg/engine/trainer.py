@@ -7,7 +7,6 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,13 +16,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from weakseg import distributed
+from weakseg.config import to_dict
 from weakseg.data.dataset import SegmentationDataset, resolve_class_set
 from weakseg.data.formats import write_json
 from weakseg.data.loader import AugmentedDataset, PreparedTransform, StepSampler, collate
 from weakseg.data.transforms import JointTransform
-from weakseg.engine import distributed
-from weakseg.engine.checkpoint import load_checkpoint, load_latest_good, previous_path, save_checkpoint
-from weakseg.engine.config import to_dict
+from weakseg.engine.checkpoint import LAST, load_checkpoint, load_latest_good, previous_path, save_checkpoint
 from weakseg.engine.device import amp_dtype, autocast, move_batch, normalize, select_device
 from weakseg.engine.evaluator import evaluate
 from weakseg.engine.recipe import Recipe
@@ -34,7 +33,6 @@ from weakseg.models import SegmentationModel, build_model
 
 log = logging.getLogger(__name__)
 
-LAST = "last.pt"  # the checkpoint a run resumes from
 # Recipe sections a resumed run must share with the checkpoint (the schedule may be extended).
 RESUME_INVARIANTS = ("method", "supervision", "method_args", "model", "data", "augment")
 
@@ -376,22 +374,3 @@ class Trainer:
 
 def _single_thread_worker(_: int) -> None:
     torch.set_num_threads(1)
-
-
-def load_model_from_checkpoint(
-    path: str | Path, device: torch.device, overrides: Sequence[str] = ()
-) -> tuple[SegmentationModel, Recipe, dict]:
-    """Rebuild the model of a checkpoint (no ImageNet weights needed) and load its weights. ``overrides``
-    (``key=value``) change the checkpoint's recipe before the model and its method are built, so that inference
-    settings such as ``method_args.random_walk=false`` take effect."""
-    from weakseg.data.classes import ClassSet
-    from weakseg.engine.config import apply_overrides, from_dict
-
-    state = load_checkpoint(path)
-    recipe = from_dict(Recipe, apply_overrides(state["recipe"], list(overrides)))
-    class_set = ClassSet.from_dict(state["class_set"])
-    recipe.model.pretrained = False
-    model = build_model(recipe.model, class_set.num_classes)
-    build_method(recipe.method, recipe.method_args, recipe.supervision, class_set).setup(model, recipe.model)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), recipe, state

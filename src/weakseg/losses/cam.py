@@ -19,11 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from weakseg.losses.regularized import symmetric_quadratic
-
-
-def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
-    """float32, or float64 when the input already is."""
-    return torch.promote_types(tensor.dtype, torch.float32)
+from weakseg.utils import compute_dtype
 
 
 def _check_valid(valid: torch.Tensor | None, scores: torch.Tensor) -> torch.Tensor | None:

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weakseg.engine.distributed import gather_rows
-from weakseg.losses.cam import compute_dtype, max_normalised_cam
+from weakseg.distributed import gather_rows
+from weakseg.losses.cam import max_normalised_cam
+from weakseg.utils import compute_dtype
 
 IGNORE = -1
 

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from weakseg.engine.distributed import gather_rows
-from weakseg.losses.cam import compute_dtype
+from weakseg.distributed import gather_rows
+from weakseg.utils import compute_dtype
 
 UNLABELLED = -1
 

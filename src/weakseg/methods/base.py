@@ -9,10 +9,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from weakseg.config import from_dict
 from weakseg.data.classes import ClassSet
 from weakseg.data.dataset import DataConfig
 from weakseg.data.sample import Sample
-from weakseg.engine.config import from_dict
 from weakseg.errors import ConfigError
 from weakseg.models.segmentor import ModelConfig
 

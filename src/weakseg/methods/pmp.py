@@ -25,12 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from weakseg import distributed
 from weakseg.data.classes import ClassSet
 from weakseg.data.dataset import DataConfig
 from weakseg.data.rasterize import rasterize_points
 from weakseg.data.sample import Sample
-from weakseg.data.simulate import stable_int
-from weakseg.engine import distributed
 from weakseg.errors import ConfigError, TrainingError
 from weakseg.losses import PartialCrossEntropy
 from weakseg.methods.base import Method, register_method
@@ -38,6 +37,7 @@ from weakseg.pseudo.cache import SampleMapCache, digest
 from weakseg.pseudo.distance_fields import ExpansionScore, aggregate_fields, expand_fields, proximity_fields
 from weakseg.pseudo.pac import PACRefiner
 from weakseg.pseudo.point_blots import PointBlotConfig, point_blots
+from weakseg.utils import stable_int
 
 
 @dataclass

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from weakseg.config import from_dict
 from weakseg.data.classes import ClassSet
-from weakseg.engine.config import from_dict
 from weakseg.errors import ConfigError
 from weakseg.losses import PixelPrototypeContrastLoss
 from weakseg.methods.base import METHODS, Method, register_method

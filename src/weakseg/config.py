@@ -21,7 +21,7 @@ import yaml
 from weakseg.errors import ConfigError
 
 T = TypeVar("T")
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 
 
 def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from weakseg.engine.config import RECIPE_DIR, apply_overrides, load_recipe_dict, upgrade_recipe_dict
+from weakseg.config import RECIPE_DIR, apply_overrides, load_recipe_dict, upgrade_recipe_dict
 from weakseg.engine.recipe import Recipe, load_recipe
 from weakseg.errors import ConfigError
 
