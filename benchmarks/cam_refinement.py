@@ -49,13 +49,13 @@ def main() -> None:
     )
     recipe = row.recipe(args.cache)
     pipeline = Pipeline(recipe, progress=False)
-    checkpoint = pipeline.stage_dir(pipeline.stages[0]) / "last.pt"
-    if not pipeline.finished(pipeline.stages[0]):
+    checkpoint = pipeline.stage_dir(pipeline.names[0]) / "last.pt"
+    if not pipeline.finished(pipeline.names[0]):
         raise SystemExit(f"{checkpoint}: run the bench row first ({row.name})")
     device = select_device(recipe.train.device)
     model, _, _ = load_model_from_checkpoint(checkpoint, device)
     dataset = pseudo_label_dataset(recipe, recipe.data.train_split)
-    out = {"row": row.name, "checkpoint_recipe": to_dict(pipeline.stage_recipe(pipeline.stages[0])),
+    out = {"row": row.name, "checkpoint_recipe": to_dict(pipeline.stage_recipe(pipeline.names[0])),
            "git_commit": git_commit(), "images": len(dataset), "variants": {}}  # fmt: skip
     for name in args.variants:
         cfg = PseudoLabelConfig(**{**vars(recipe.pseudo), **VARIANTS[name]})

@@ -25,8 +25,9 @@ import torch
 from weakseg.bench import DATASETS, Row, git_commit, update_ratios
 from weakseg.data.formats import write_json
 from weakseg.engine.checkpoint import LAST, load_model_from_checkpoint
-from weakseg.engine.pipeline import PSEUDO_STAGE, Pipeline, pseudo_label_dataset
+from weakseg.engine.pipeline import Pipeline, pseudo_label_dataset
 from weakseg.engine.pseudo_labels import make_pseudo_labels
+from weakseg.methods import PseudoLabel
 from weakseg.pseudo.cam import SEED_THRESHOLDS
 from weakseg.report import write_benchmark_docs
 
@@ -57,12 +58,13 @@ def main() -> None:
             print(f"{row.name}: recorded with another recipe than the current one; run `weakseg bench` first")
             continue
         pipeline = Pipeline(row.recipe(args.cache), progress=False)
-        stage_metrics = pipeline.stage_dir(PSEUDO_STAGE) / "metrics.json"
+        pseudo = next(stage.name for stage in pipeline.plan if isinstance(stage, PseudoLabel))
+        stage_metrics = pipeline.stage_dir(pseudo) / "metrics.json"
         stage = json.loads(stage_metrics.read_text()) if stage_metrics.is_file() else {}
         if _on_current_grid(stage) and stage["seed"]["miou"] == recorded["seed"]["miou"] and not args.force:
             sweep, drift = stage["seed_thresholds"], 0.0  # the row's own pseudo-label stage scored them
         else:
-            checkpoint = pipeline.stage_dir(pipeline.stages[0]) / LAST
+            checkpoint = pipeline.stage_dir(pipeline.names[0]) / LAST
             if not checkpoint.is_file():
                 print(f"{row.name}: no cached CAM checkpoint at {checkpoint}; rerun the row")
                 continue

@@ -33,7 +33,7 @@ from weakseg.data.simulate import LabelProtocol, derive_labels, mix_labels
 from weakseg.engine.pseudo_labels import STAGES
 from weakseg.engine.recipe import Recipe, load_recipe
 from weakseg.errors import ConfigError, WeakSegError
-from weakseg.methods import METHODS
+from weakseg.methods import METHODS, method_plan
 from weakseg.pseudo.cam import PseudoLabelConfig
 
 log = logging.getLogger(__name__)
@@ -206,14 +206,18 @@ class Row:
         method = METHODS[method_of(self.method)]
         for name in cache_fields(method):  # per-image maps (over-segmentations, point blots): one cache per dataset
             overrides.append(f"method_args.{name}={cache.resolve() / name / self.dataset.name}")
-        stages = method.stages_for(self.supervision)
-        if len(stages) > 1:
-            overrides += [f"stages.{stages[0]}.{item}" for item in STAGE_PROFILES[self.profile]]
         if self.supervision == "mixed":
             overrides.append(f"data.labels={self.labels_dir(cache) / MIXED_FOLDER}")
         elif self.supervision != "full":
             overrides.append(f"data.labels={self.labels_dir(cache)}")
-        return load_recipe([recipe_name(self.method, self.supervision), *self.dataset.recipes], overrides)
+        recipes = [recipe_name(self.method, self.supervision), *self.dataset.recipes]
+        recipe = load_recipe(recipes, overrides)
+        plan = method_plan(recipe.method, recipe.method_args, recipe.supervision)
+        if len(plan) == 1:
+            return recipe
+        return load_recipe(
+            recipes, [*overrides, *(f"stages.{plan[0].name}.{item}" for item in STAGE_PROFILES[self.profile])]
+        )
 
     def fingerprint(self, cache: Path) -> str:
         """The digest recorded with a row: resolved recipe, label protocol and profile, without paths, and without
@@ -417,7 +421,7 @@ def run_row(row: Row, cache: Path, commit: str, *, resume: bool = False) -> dict
     result = pipeline.run(resume=resume)
     m = result.metrics
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    final = pipeline.stage_recipe(pipeline.stages[-1])
+    final = pipeline.stage_recipe(pipeline.names[-1])
     record = {
         "dataset": row.dataset.name,
         "profile": row.profile,
@@ -453,10 +457,10 @@ def run_row(row: Row, cache: Path, commit: str, *, resume: bool = False) -> dict
     if result.resumed_stages:
         record["resumed_stages"] = result.resumed_stages
     if pipeline.multi_stage:
-        first = pipeline.stage_recipe(pipeline.stages[0])
+        first = pipeline.stage_recipe(pipeline.names[0])
         record["stages"] = {
             "wall_s": result.stage_wall_s,
-            pipeline.stages[0]: f"{first.method}: {first.train.steps} steps × batch {first.train.batch_size}, "
+            pipeline.names[0]: f"{first.method}: {first.train.steps} steps × batch {first.train.batch_size}, "
             f"crop {first.augment.crop_size}, scale {list(first.augment.scale_range)}",
         }
         record["pseudo_labels"] = pseudo_summary(m["pseudo_labels"], recipe.pseudo)

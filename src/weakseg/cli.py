@@ -75,75 +75,44 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     from weakseg import distributed
-    from weakseg.data.dataset import SegmentationDataset
     from weakseg.data.formats import write_json
-    from weakseg.engine.checkpoint import load_model_from_checkpoint
     from weakseg.engine.device import select_device
-    from weakseg.engine.evaluator import evaluate
-    from weakseg.engine.pipeline import pseudo_label_dataset
-    from weakseg.engine.pseudo_labels import make_pseudo_labels
-    from weakseg.methods import METHODS
+    from weakseg.engine.pipeline import evaluate_run
 
-    device = select_device(args.device)
-    checkpoint, seed_metrics = _resolve_checkpoint(Path(args.checkpoint))
-    model, recipe, _ = load_model_from_checkpoint(checkpoint, device, args.overrides)
-    recipe = recipe.check()
-    pred_dir = Path(args.save_predictions) if args.save_predictions else None
-    if not METHODS[recipe.method].trains_decoder:
-        # A CAM learner: its output is the pseudo-labels; score them on the training split by default.
-        split = args.split or recipe.data.train_split
-        dataset = pseudo_label_dataset(recipe, split)
-        if "mask" not in dataset.kinds:
-            raise WeakSegError(f"{checkpoint}: split '{split}' has no masks to score the CAM pseudo-labels against")
-        metrics = make_pseudo_labels(
-            model, dataset, recipe.supervision, recipe.pseudo, device, out_dir=pred_dir, progress=not args.quiet
-        )
-        if distributed.is_main():
-            _print_pseudo_metrics(metrics, f"{checkpoint}: pseudo-labels on {split}")
+    path = Path(args.checkpoint)
+    result = evaluate_run(
+        path,
+        select_device(args.device),
+        split=args.split,
+        overrides=args.overrides,
+        prediction_dir=Path(args.save_predictions) if args.save_predictions else None,
+        progress=not args.quiet,
+    )
+    checkpoint, split, metrics = result.checkpoint, result.split, result.metrics
+    if not distributed.is_main():
+        return 0
+    if result.output == "cam":
+        _print_pseudo_metrics(metrics, f"{checkpoint}: pseudo-labels on {split}")
     else:
-        split = args.split or recipe.data.val_split
-        dataset = SegmentationDataset(recipe.data, split, kinds=("mask",), required=("mask",))
-        metrics = evaluate(
-            model,
-            dataset,
-            recipe.eval,
-            device,
-            num_workers=recipe.data.num_workers,
-            progress=not args.quiet,
-            prediction_dir=pred_dir,
-        )
-        if distributed.is_main():
-            _print_pseudo_metrics(seed_metrics)
-            _print_metrics(metrics, f"{checkpoint} on {split}")
-        if seed_metrics:
-            metrics["pseudo_labels"] = seed_metrics
-    if not args.no_report and distributed.is_main() and METHODS[recipe.method].trains_decoder:
-        from weakseg.engine.run_report import write_run_report
+        _print_pseudo_metrics(metrics.get("pseudo_labels"))
+        _print_metrics(metrics, f"{checkpoint} on {split}")
+        if not args.no_report:
+            from weakseg.engine.run_report import write_run_report
 
-        run_dir = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else checkpoint.parent
-        title = f"{checkpoint} on {split}"
-        page = write_run_report(run_dir, metrics=metrics, out=run_dir / f"report-{split}.html", title=title,
-                                checkpoint=checkpoint)  # fmt: skip
-        log.info("report: %s", page)
-    if args.out and distributed.is_main():
+            run_dir = path if path.is_dir() else checkpoint.parent
+            page = write_run_report(run_dir, metrics=metrics, out=run_dir / f"report-{split}.html",
+                                    title=f"{checkpoint} on {split}", checkpoint=checkpoint)  # fmt: skip
+            log.info("report: %s", page)
+    if args.out:
         write_json(args.out, metrics)
     return 0
 
 
-def _resolve_checkpoint(path: Path) -> tuple[Path, dict | None]:
-    """A checkpoint file, or a run folder: its final model (the last stage's) and its pseudo-label scores."""
-    from weakseg.engine.pipeline import final_checkpoint
-
-    if not path.is_dir():
-        return path, None
-    pseudo = path / "pseudo" / "metrics.json"
-    return final_checkpoint(path), json.loads(pseudo.read_text()) if pseudo.is_file() else None
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     from weakseg.engine.export import export_checkpoint, sidecar_path
+    from weakseg.engine.pipeline import run_checkpoint
 
-    checkpoint, _ = _resolve_checkpoint(Path(args.checkpoint))
+    checkpoint = run_checkpoint(Path(args.checkpoint))
     out = export_checkpoint(checkpoint, Path(args.out), args.format, opset=args.opset)
     log.info("exported %s → %s (and %s)", checkpoint, out, sidecar_path(out))
     return 0

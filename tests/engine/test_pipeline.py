@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import tiny_overrides
-from weakseg.cli import _resolve_checkpoint
 from weakseg.data.sample import LABEL_KINDS
 from weakseg.data.simulate import mix_labels
 from weakseg.engine.checkpoint import load_checkpoint
-from weakseg.engine.pipeline import Pipeline
+from weakseg.engine.pipeline import Pipeline, final_checkpoint
 from weakseg.engine.recipe import load_recipe
 from weakseg.engine.trainer import Trainer
 from weakseg.errors import ConfigError, TrainingError
@@ -74,8 +73,8 @@ def test_spml_from_tags_and_boxes_trains_on_the_cam_pseudo_labels(shapes: Path, 
         assert second["data"]["train_masks"].endswith("relabel/labels")
         assert result.final_checkpoint.parent.name == "seg2"
         again = _pipeline(shapes, out, recipe, *extra)
-        assert all(again.finished(name) for name in again.stages)  # resume skips every stage, relabel included
-        assert _resolve_checkpoint(out)[0] == out / "seg2" / "last.pt"  # `weakseg eval RUN_DIR` takes the final model
+        assert all(again.finished(name) for name in again.names)  # resume skips every stage, relabel included
+        assert final_checkpoint(out) == out / "seg2" / "last.pt"  # `weakseg eval RUN_DIR` takes the final model
 
 
 def test_spml_trains_from_mixed_supervision(shapes: Path, tmp_path: Path) -> None:
@@ -185,7 +184,7 @@ def test_cams_recover_the_objects_of_the_demo_data(tmp_path: Path) -> None:
     ]
     pipeline = Pipeline(load_recipe(["cam-tags", "demo"], overrides), progress=False)
     pipeline.run_training("cam", resume=False)
-    metrics = pipeline.run_pseudo_labels()
+    metrics = pipeline.run_pseudo_labels(pipeline.stage("pseudo"))
     baseline, seed, refined = (metrics[k]["miou"] for k in ("baseline", "seed", "refined"))
     assert seed > baseline + 0.15, metrics
     assert refined > seed + 0.03, metrics

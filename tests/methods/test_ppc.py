@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tests.methods.test_cam import VOC, _batch, _model
+from tests.methods.test_spml import stage_names
 from weakseg.errors import ConfigError
 from weakseg.methods import build_method
 from weakseg.models.segmentor import ModelConfig
@@ -18,7 +19,7 @@ def test_ppc_adds_the_contrast_to_any_cam_learner(base: str) -> None:
     # Four prototypes in this batch (classes 5, 9, 12, background): mining drops 1 negative, not 3, to leave some.
     method = build_method("ppc", {"base": base, "view_size": 32, "top_k": 4, "mining": [1, 10]}, "tags", VOC)
     method.setup(model, ModelConfig(pretrained=False))
-    assert type(method.base).name == base and method.stages == ("cam", "pseudo", "seg")
+    assert type(method.base).name == base and stage_names(method) == ["cam", "pseudo", "seg"]
     outputs = method.forward(model, torch.randn(2, 3, 64, 64))
     assert outputs["projection"].shape == (2, 128, 4, 4)
     assert outputs["target_view"]["projection"].shape == (2, 128, 2, 2)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tests.methods.test_cam import VOC, _model
 from weakseg.data.dataset import DataConfig
 from weakseg.errors import ConfigError, TrainingError
-from weakseg.methods import build_method
+from weakseg.methods import Method, PseudoLabel, Relabel, Train, build_method
 from weakseg.models.segmentor import ModelConfig
 from weakseg.pseudo.random_walk import RandomWalk
 
@@ -129,17 +129,22 @@ def test_arguments_are_checked() -> None:
         build_method("spml", {"rounds": 2}, "points", VOC)
 
 
-def test_tags_and_boxes_train_on_pseudo_labels_after_a_cam_stage(tmp_path: Path) -> None:
+def stage_names(method: Method) -> list[str]:
+    return [stage.name for stage in method.plan(method.supervision, method.args)]
+
+
+def test_tags_and_boxes_train_on_pseudo_labels_after_a_cam_stage() -> None:
     method = build_method("spml", {"cam_method": "seam", "cam_args": {"view_size": 64}}, "boxes", VOC)
-    assert method.stages == ("cam", "pseudo", "seg") and method.label_kinds() == ("mask", "boxes")
-    assert method.stage_overlay("cam", tmp_path) == {"method": "seam", "method_args": {"view_size": 64}}
-    labels = method.stage_overlay("seg", tmp_path)["data"]["train_masks"]
-    assert labels == str((tmp_path / "pseudo" / "labels").resolve())
-    assert build_method("spml", None, "points", VOC).stages == ("train",)
+    plan = method.plan(method.supervision, method.args)
+    assert stage_names(method) == ["cam", "pseudo", "seg"] and method.label_kinds() == ("mask", "boxes")
+    assert plan[0].overlay == {"method": "seam", "method_args": {"view_size": 64}}
+    assert plan[1] == PseudoLabel("pseudo", source="cam") and plan[2] == Train("seg", labels_from="pseudo")
+    assert stage_names(build_method("spml", None, "points", VOC)) == ["train"]
     two = build_method("spml", {"rounds": 2}, "tags", VOC)
-    assert two.stages == ("cam", "pseudo", "seg", "relabel", "seg2")
-    assert two.stage_overlay("relabel", tmp_path) == {"eval": {"crf": True}}
-    assert two.stage_overlay("seg2", tmp_path)["data"]["train_masks"].endswith("relabel/labels")
+    assert stage_names(two) == ["cam", "pseudo", "seg", "relabel", "seg2"]
+    *_, relabel, seg2 = two.plan(two.supervision, two.args)
+    assert relabel == Relabel("relabel", source="seg", eval={"crf": True})
+    assert seg2.labels_from == "relabel"
 
 
 def test_boxes_give_the_co_occurrence_context_of_the_crop() -> None:
@@ -158,7 +163,7 @@ def test_boxes_give_the_co_occurrence_context_of_the_crop() -> None:
 
 def test_mixed_supervision_uses_each_image_s_own_sparse_labels_else_its_pseudo_labels() -> None:
     method = build_method("spml", {"scribble_radius": 0}, "mixed", VOC)
-    assert method.stages == ("cam", "pseudo", "seg")
+    assert stage_names(method) == ["cam", "pseudo", "seg"]
     assert method.label_kinds() == ("mask", "tags", "boxes", "points", "scribbles")
     batch = _batch()
     batch["mask"] = torch.full((2, 64, 64), 3)  # pseudo-labels: class 3 everywhere

@@ -172,7 +172,7 @@ def export_checkpoint(
     if example_size < MIN_EXAMPLE_SIZE:
         raise ConfigError(f"example_size {example_size}: must be at least {MIN_EXAMPLE_SIZE} pixels")
     model, recipe, state = load_model_from_checkpoint(checkpoint, torch.device("cpu"))
-    if not METHODS[recipe.method].trains_decoder:
+    if METHODS[recipe.method].output != "segmentation":
         raise ConfigError(
             f"{checkpoint}: a '{recipe.method}' checkpoint is a CAM learner with no segmentation output to export; "
             "export the segmentation stage's checkpoint (e.g. <run>/seg/last.pt) instead"

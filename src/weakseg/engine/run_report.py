@@ -27,7 +27,7 @@ from weakseg.data.formats import atomic_write, read_label_map
 from weakseg.data.sample import Sample
 from weakseg.engine.checkpoint import load_model_from_checkpoint
 from weakseg.engine.evaluator import predict_with_config
-from weakseg.engine.pipeline import final_checkpoint
+from weakseg.engine.pipeline import final_checkpoint, label_map_folders
 from weakseg.engine.predict import overlay
 from weakseg.engine.recipe import Recipe
 from weakseg.engine.run_log import CSV_NAME, read_metrics_csv
@@ -39,8 +39,6 @@ import matplotlib.pyplot as plt
 
 REPORT_NAME = "report.html"
 THUMB_WIDTH = 220
-# Folders of label maps a run writes for its training images, in the order the gallery shows them.
-LABEL_FOLDERS = (("pseudo", "pseudo-labels"), ("relabel", "second-round labels"))
 
 
 def training_stages(run_dir: Path) -> list[Path]:
@@ -133,9 +131,7 @@ def _gallery_section(
     if count <= 0:
         return ""
     dataset = _gallery_dataset(weak, class_set)
-    folders = [
-        (run_dir / name / "labels", label) for name, label in LABEL_FOLDERS if (run_dir / name / "labels").is_dir()
-    ]
+    folders = [(folder, title) for folder, title in label_map_folders(run_dir) if folder.is_dir()]
     shows_weak = weak.supervision != "full"
     columns = ["image", *([f"weak labels ({weak.supervision})"] if shows_weak else [])]
     columns += [*(label for _, label in folders), "prediction"]

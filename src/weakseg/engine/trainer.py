@@ -148,7 +148,7 @@ class Trainer:
                 self.step_module,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 # CAM learners leave the decoder unused; every other method's loss reaches every parameter.
-                find_unused_parameters=not self.method.trains_decoder,
+                find_unused_parameters=self.method.output != "segmentation",
             )
         self.optimizer = self._optimizer()
         check_free_space(self.out, self.model, self.optimizer)
@@ -159,7 +159,7 @@ class Trainer:
 
     def _val_set(self) -> SegmentationDataset | None:
         data = self.recipe.data
-        if not data.val_split or data.masks is None or not self.method.trains_decoder:
+        if not data.val_split or data.masks is None or self.method.output != "segmentation":
             return None
         return SegmentationDataset(data, data.val_split, kinds=("mask",), required=("mask",), class_set=self.class_set)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -14,6 +14,7 @@ from weakseg.data.classes import ClassSet
 from weakseg.data.dataset import DataConfig
 from weakseg.data.sample import Sample
 from weakseg.errors import ConfigError
+from weakseg.methods.stages import Stage, Train
 from weakseg.models.segmentor import ModelConfig
 
 SUPERVISIONS = ("full", "tags", "boxes", "points", "scribbles", "mixed")
@@ -30,11 +31,9 @@ class Method:
     name: ClassVar[str]
     supervisions: ClassVar[tuple[str, ...]]
     Args: ClassVar[type] = NoArgs
-    # The stages ``weakseg train`` runs (engine.pipeline): one training stage, or e.g. cam → pseudo → seg.
-    stages: ClassVar[tuple[str, ...]] = ("train",)
-    # False for learners whose model output is not a segmentation (CAM classifiers): the decoder is not run and
-    # the stage is not validated on the val masks.
-    trains_decoder: ClassVar[bool] = True
+    # What the trained model puts out: a segmentation (the decoder runs, the stage is validated on the val masks) or
+    # class activation maps (CAM learners: the decoder is not run; their model labels the training images).
+    output: ClassVar[Literal["segmentation", "cam"]] = "segmentation"
 
     def __init__(self, args: object, supervision: str, class_set: ClassSet) -> None:
         if supervision not in self.supervisions:
@@ -42,13 +41,13 @@ class Method:
                 f"method '{self.name}' trains from {', '.join(self.supervisions)}, not supervision '{supervision}'"
             )
         self.args, self.supervision, self.class_set = args, supervision, class_set
-        self.stages = type(self).stages_for(supervision)
         self.step, self.total_steps = 0, 1
 
     @classmethod
-    def stages_for(cls, supervision: str) -> tuple[str, ...]:
-        """The stages ``weakseg train`` runs for this supervision (a method may need a CAM stage for tags only)."""
-        return cls.stages
+    def plan(cls, supervision: str, args: object) -> list[Stage]:
+        """The stages ``weakseg train`` runs for this supervision and these arguments (one training stage by
+        default; e.g. CAM → pseudo-labels → segmentation for the CAM learners)."""
+        return [Train("train")]
 
     def label_kinds(self) -> tuple[str, ...]:
         """Label kinds the training split must load (``mask`` only for full supervision)."""
@@ -67,11 +66,6 @@ class Method:
 
     def setup(self, model: nn.Module, cfg: ModelConfig) -> None:
         """Attach the auxiliary heads the method needs (none by default) to ``model``, built from ``cfg``."""
-
-    def stage_overlay(self, stage: str, output_dir: Path) -> dict:
-        """Recipe keys a stage overrides (e.g. the second stage of a CAM pipeline trains ``full`` on pseudo-labels);
-        ``output_dir`` is the pipeline's output folder."""
-        return {}
 
     def begin_step(self, step: int, total_steps: int) -> None:
         """Called by the trainer before each step's loss (0-based ``step``): for losses that follow the schedule."""
@@ -95,7 +89,7 @@ class Method:
     def forward(self, model: nn.Module, images: torch.Tensor) -> dict:
         """The model outputs the loss reads, from the normalised ``images`` of a batch (one forward by default;
         two-view learners add their second view)."""
-        return model(images, decode=self.trains_decoder)
+        return model(images, decode=self.output == "segmentation")
 
     def loss(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
@@ -109,8 +103,23 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def build_method(name: str, args: dict | None, supervision: str, class_set: ClassSet) -> Method:
+def learners(output: str) -> list[str]:
+    """The registered methods whose model puts out ``output`` (``cam``: the CAM learners), sorted."""
+    return sorted(name for name, cls in METHODS.items() if cls.output == output)
+
+
+def method_class(name: str) -> type[Method]:
     if name not in METHODS:
         raise ConfigError(f"unknown method '{name}' (available: {', '.join(sorted(METHODS))})")
-    cls = METHODS[name]
+    return METHODS[name]
+
+
+def method_plan(name: str, args: dict | None, supervision: str) -> list[Stage]:
+    """The stages method ``name`` runs with ``method_args`` ``args`` (checked against its ``Args``)."""
+    cls = method_class(name)
+    return cls.plan(supervision, from_dict(cls.Args, args or {}, "method_args"))
+
+
+def build_method(name: str, args: dict | None, supervision: str, class_set: ClassSet) -> Method:
+    cls = method_class(name)
     return cls(from_dict(cls.Args, args or {}, "method_args"), supervision, class_set)

@@ -12,7 +12,6 @@ similarity, Jonnarth et al.), all three-stage methods:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,11 +20,15 @@ from weakseg.data.sample import LABEL_KINDS
 from weakseg.errors import ConfigError
 from weakseg.losses import EquivarianceLoss, FeatureSimilarityLoss, ImportanceSamplingLoss
 from weakseg.methods.base import Method, register_method
+from weakseg.methods.stages import PseudoLabel, Stage, Train
+from weakseg.methods.supervised import FullSupervision
 from weakseg.models.backbones import create_pre_logits
 from weakseg.models.heads import CAMHead
 from weakseg.models.segmentor import ModelConfig, SegmentationModel
 
 NECKS = ("pretrained", "none")
+# The recipe keys of a stage that trains the segmentation model on label maps with cross-entropy.
+SEGMENTATION_ON_LABELS = {"method": FullSupervision.name, "supervision": "full", "method_args": {}}
 TARGET_VIEW = "target_view"  # outputs key of a two-view learner's second view (its own outputs dict)
 
 
@@ -57,6 +60,12 @@ def label_map_classes(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return present[:, :num_classes]
 
 
+def cam_pipeline(segmentation: Train, overlay: dict | None = None) -> list[Stage]:
+    """Stages 1–2 of a CAM pipeline (train the learner; its CAMs label the training images, stage ``pseudo``), then
+    ``segmentation``, which trains on those labels. ``overlay`` sets the learner stage's recipe keys."""
+    return [Train("cam", overlay or {}), PseudoLabel("pseudo", source="cam"), segmentation]
+
+
 def rescaled_view(images: torch.Tensor, size: int) -> torch.Tensor:
     """The second view of a two-view learner: the batch resized to ``size × size`` (PPC §4.2; SEAM rescales)."""
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
@@ -77,8 +86,7 @@ class CAMLearner(Method):
     name = "cam"
     supervisions = ("tags", "boxes", "mixed")
     Args = CAMArgs
-    stages = ("cam", "pseudo", "seg")
-    trains_decoder = False
+    output = "cam"
 
     def __init__(self, *a, **kw) -> None:
         super().__init__(*a, **kw)
@@ -99,11 +107,9 @@ class CAMLearner(Method):
         head = CAMHead(model.head_input_channels("backbone"), self.class_set.num_classes, *(neck or ()))
         model.add_head("cam", head, "backbone")
 
-    def stage_overlay(self, stage: str, output_dir: Path) -> dict:
-        if stage == "seg":
-            labels = str((output_dir / "pseudo" / "labels").resolve())
-            return {"method": "full", "supervision": "full", "method_args": {}, "data": {"train_masks": labels}}
-        return {}
+    @classmethod
+    def plan(cls, supervision: str, args: CAMArgs) -> list[Stage]:
+        return cam_pipeline(Train("seg", SEGMENTATION_ON_LABELS, labels_from="pseudo"))
 
     def image_tags(self, batch: dict) -> torch.Tensor:
         """B×C' 0/1 foreground tags: the image's tags, or the classes of the boxes inside the crop."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +20,9 @@ from weakseg.config import from_dict
 from weakseg.data.classes import ClassSet
 from weakseg.errors import ConfigError
 from weakseg.losses import PixelPrototypeContrastLoss
-from weakseg.methods.base import METHODS, Method, register_method
+from weakseg.methods.base import METHODS, Method, learners, register_method
 from weakseg.methods.cam import TARGET_VIEW, CAMLearner, rescaled_view
+from weakseg.methods.stages import Stage
 from weakseg.models.heads import ProjectionHead
 from weakseg.models.segmentor import ModelConfig, SegmentationModel
 
@@ -54,14 +54,13 @@ class PPC(Method):
     name = "ppc"
     supervisions = CAMLearner.supervisions
     Args = PPCArgs
-    stages = CAMLearner.stages
-    trains_decoder = False
+    output = "cam"
 
     def __init__(self, args: PPCArgs, supervision: str, class_set: ClassSet) -> None:
         super().__init__(args, supervision, class_set)
-        learners = sorted(n for n, cls in METHODS.items() if issubclass(cls, CAMLearner))
-        if args.base not in learners:
-            raise ConfigError(f"method_args.base must be a CAM learner ({', '.join(learners)}), not {args.base!r}")
+        bases = [name for name in learners("cam") if name != self.name]
+        if args.base not in bases:
+            raise ConfigError(f"method_args.base must be a CAM learner ({', '.join(bases)}), not {args.base!r}")
         base_cls = METHODS[args.base]
         base_args = dict(args.base_args)
         if "view_size" in {f.name for f in dataclasses.fields(base_cls.Args)}:
@@ -89,8 +88,11 @@ class PPC(Method):
     def mixed_kinds(self) -> tuple[str, ...]:
         return self.base.mixed_kinds()
 
-    def stage_overlay(self, stage: str, output_dir: Path) -> dict:
-        return self.base.stage_overlay(stage, output_dir)
+    @classmethod
+    def plan(cls, supervision: str, args: PPCArgs) -> list[Stage]:
+        """The base learner's stages."""
+        base = METHODS[args.base]
+        return base.plan(supervision, from_dict(base.Args, args.base_args, "method_args.base_args"))
 
     def begin_step(self, step: int, total_steps: int) -> None:
         super().begin_step(step, total_steps)

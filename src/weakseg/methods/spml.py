@@ -26,8 +26,9 @@ from weakseg.data.sample import LABEL_KINDS, Sample
 from weakseg.errors import ConfigError, TrainingError
 from weakseg.losses import PartialCrossEntropy, PixelSegmentContrastLoss
 from weakseg.losses.spml import UNLABELLED, Relation
-from weakseg.methods.base import METHODS, Method, register_method
-from weakseg.methods.cam import CAMLearner, crop_tags, label_map_classes
+from weakseg.methods.base import Method, learners, register_method
+from weakseg.methods.cam import cam_pipeline, crop_tags, label_map_classes
+from weakseg.methods.stages import Relabel, Stage, Train
 from weakseg.methods.supervised import sparse_target
 from weakseg.models.heads import EmbeddingClassifier, ProjectionHead
 from weakseg.models.segmentor import ModelConfig, SegmentationModel
@@ -35,7 +36,6 @@ from weakseg.pseudo.oversegment import OversegmentConfig, RegionCache
 from weakseg.pseudo.random_walk import RandomWalk
 
 EMBEDDING = "embedding"
-RELABEL_STAGE = "relabel"  # weakseg.engine.pipeline runs it: the previous stage's model labels the training images
 CAM_SUPERVISIONS = ("tags", "boxes", "mixed")  # learnt through a CAM stage's pseudo-labels
 
 
@@ -84,21 +84,31 @@ class SPML(Method):
     Args = SPMLArgs
 
     @classmethod
-    def stages_for(cls, supervision: str) -> tuple[str, ...]:
-        return CAMLearner.stages if supervision in CAM_SUPERVISIONS else ("train",)
+    def plan(cls, supervision: str, args: SPMLArgs) -> list[Stage]:
+        """Points, scribbles: one stage. Tags, boxes, mixed: the CAM pipeline of ``cam_method``, SPML trained on its
+        pseudo-labels; with two rounds, that model relabels the training images (random walk, dense CRF) and SPML
+        trains again on its labels."""
+        if supervision not in CAM_SUPERVISIONS:
+            return super().plan(supervision, args)
+        learner = {"method": args.cam_method, "method_args": dict(args.cam_args)}
+        stages = cam_pipeline(Train("seg", labels_from="pseudo"), learner)
+        if args.rounds == 2:
+            stages += [Relabel("relabel", source="seg", eval={"crf": args.relabel_crf}),
+                       Train("seg2", labels_from="relabel")]  # fmt: skip
+        return stages
 
     def __init__(self, args: SPMLArgs, supervision: str, class_set: ClassSet) -> None:
         super().__init__(args, supervision, class_set)
         if args.dim < 2:
             raise ConfigError(f"method_args.dim must be at least 2, not {args.dim}")
         args.oversegment.check()
-        learners = sorted(n for n, cls in METHODS.items() if not cls.trains_decoder)  # cam, seam, hfpl, ppc
-        if args.cam_method not in learners:
-            raise ConfigError(f"method_args.cam_method must be one of {', '.join(learners)}, not {args.cam_method!r}")
+        cam_learners = learners("cam")  # cam, seam, hfpl, ppc
+        if args.cam_method not in cam_learners:
+            raise ConfigError(
+                f"method_args.cam_method must be one of {', '.join(cam_learners)}, not {args.cam_method!r}"
+            )
         if args.rounds not in (1, 2) or (args.rounds == 2 and supervision not in CAM_SUPERVISIONS):
             raise ConfigError(f"method_args.rounds must be 1, or 2 for tags / boxes / mixed; got {args.rounds}")
-        if args.rounds == 2:
-            self.stages = (*self.stages, RELABEL_STAGE, "seg2")
         try:
             self.contrast = PixelSegmentContrastLoss(
                 similarity=Relation(args.similarity_weight, args.similarity_concentration),
@@ -123,16 +133,6 @@ class SPML(Method):
         """Tags, boxes, mixed: the pseudo-labels (as masks, from the ``pseudo`` stage) and the weak labels."""
         kinds = super().label_kinds()
         return ("mask", *kinds) if self.supervision in CAM_SUPERVISIONS else kinds
-
-    def stage_overlay(self, stage: str, output_dir: Path) -> dict:
-        if stage == "cam":
-            return {"method": self.args.cam_method, "method_args": dict(self.args.cam_args)}
-        labels = {"seg": "pseudo", "seg2": RELABEL_STAGE}
-        if stage in labels:
-            return {"data": {"train_masks": str((output_dir / labels[stage] / "labels").resolve())}}
-        if stage == RELABEL_STAGE:
-            return {"eval": {"crf": self.args.relabel_crf}}
-        return {}
 
     def bind(self, data: DataConfig, output_dir: Path, num_images: int) -> None:
         folder = Path(self.args.region_cache) if self.args.region_cache else output_dir / "regions"
