@@ -14,7 +14,9 @@ import argparse
 import time
 from pathlib import Path
 
-from weakseg.bench import DATASETS, Row, git_commit, pseudo_summary
+from weakseg.bench.protocol import STANDARD
+from weakseg.bench.rows import Row
+from weakseg.bench.runner import git_commit, pseudo_summary
 from weakseg.config import to_dict
 from weakseg.data.formats import write_json
 from weakseg.engine.checkpoint import load_model_from_checkpoint
@@ -34,7 +36,7 @@ VARIANTS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--dataset", default="voc454", choices=sorted(DATASETS))
+    parser.add_argument("--dataset", default="voc454", choices=[d.name for d in STANDARD.datasets])
     parser.add_argument("--method", default="cam", choices=("cam", "hfpl"))
     parser.add_argument("--supervision", default="tags", choices=("tags", "boxes"))
     parser.add_argument("--seed", type=int, default=0)
@@ -44,9 +46,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("benchmarks/cache"))
     args = parser.parse_args()
 
-    row = Row(
-        "standard", DATASETS[args.dataset], args.method, args.supervision, args.data_root, args.results, args.seed
-    )
+    dataset = STANDARD.dataset(args.dataset)
+    row = Row(STANDARD, "standard", dataset, args.method, args.supervision, args.data_root, args.results, args.seed)
     recipe = row.recipe(args.cache)
     pipeline = Pipeline(recipe, progress=False)
     checkpoint = pipeline.stage_dir(pipeline.names[0]) / "last.pt"

@@ -24,14 +24,16 @@ from pathlib import Path
 
 import torch
 
-from weakseg.bench import DATASETS, Row
+from weakseg.bench.protocol import STANDARD
+from weakseg.bench.rows import Row
 from weakseg.config import to_dict
 from weakseg.data.formats import write_json
 
 
 def standard_overrides(dataset: str, data_root: Path, cache: Path, steps: int, device: str, processes: int) -> list:
     """The standard profile's ``full`` row recipe, cut to ``steps`` steps with no checkpoint or validation inside."""
-    recipe = to_dict(Row("standard", DATASETS[dataset], "full", "full", data_root, cache, 0).recipe(cache))
+    row = Row(STANDARD, "standard", STANDARD.dataset(dataset), "full", "full", data_root, cache)
+    recipe = to_dict(row.recipe(cache))
     threads = max(1, (os.cpu_count() or 1) // processes)
     return [
         f"data.root={recipe['data']['root']}",
@@ -74,7 +76,7 @@ def run(processes: int, overrides: list[str], out: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="voc454", choices=sorted(DATASETS))
+    parser.add_argument("--dataset", default="voc454", choices=[d.name for d in STANDARD.datasets])
     parser.add_argument("--processes", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))

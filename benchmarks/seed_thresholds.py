@@ -8,7 +8,7 @@ multi-stage row of the standard profile that lacks those scores on the current g
 row's own pseudo-label stage when that scored them, and otherwise reruns the seed part of the row's
 pseudo-label pass on its cached CAM checkpoint (same recipe and CAM inference; refinement skipped, no label files
 written), checks that it reproduces the recorded seed mIoU, and adds ``seed_thresholds`` to the row's JSON and to
-its run folder's ``pseudo/metrics.json``. The row's fingerprint is unchanged: its recipe and checkpoint are.
+its run folder's ``pseudo/metrics.json``. The row stays current: its recipe and checkpoint are unchanged.
 ``docs/benchmarks.md`` is regenerated at the end. About 10 minutes per row on one CPU core (multi-scale + flip CAMs of
 the 212 train images).
 """
@@ -22,21 +22,23 @@ from pathlib import Path
 
 import torch
 
-from weakseg.bench import DATASETS, Row, git_commit, update_ratios
+from weakseg.bench.docs import write_benchmark_docs
+from weakseg.bench.protocol import STANDARD
+from weakseg.bench.rows import Row
+from weakseg.bench.runner import git_commit, update_ratios
 from weakseg.data.formats import write_json
 from weakseg.engine.checkpoint import LAST, load_model_from_checkpoint
 from weakseg.engine.pipeline import Pipeline, pseudo_label_dataset
 from weakseg.engine.pseudo_labels import make_pseudo_labels
 from weakseg.methods import PseudoLabel
 from weakseg.pseudo.cam import SEED_THRESHOLDS
-from weakseg.report import write_benchmark_docs
 
 TOLERANCE = 1e-3  # recorded vs recomputed seed mIoU; CPU inference is deterministic up to thread-order rounding
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--dataset", default="voc454", choices=sorted(DATASETS))
+    parser.add_argument("--dataset", default="voc454", choices=[d.name for d in STANDARD.datasets])
     parser.add_argument("--rows", nargs="+", default=None, help="row names (default: every multi-stage row)")
     parser.add_argument("--data-root", type=Path, default=Path("../shared/data"))
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
@@ -52,8 +54,8 @@ def main() -> None:
         recorded = record.get("pseudo_labels")
         if recorded is None or (_on_current_grid(recorded) and not args.force):
             continue
-        row = Row("standard", DATASETS[args.dataset], record["method"], record["supervision"], args.data_root,
-                  args.results, record.get("seed", 0))  # fmt: skip
+        row = Row(STANDARD, "standard", STANDARD.dataset(args.dataset), record["method"], record["supervision"],
+                  args.data_root, args.results, record.get("seed", 0))  # fmt: skip
         if not row.is_current(args.cache):
             print(f"{row.name}: recorded with another recipe than the current one; run `weakseg bench` first")
             continue
@@ -85,7 +87,7 @@ def main() -> None:
             f"at t = {best['threshold']:.2f} (recorded seed reproduced within {drift:.1e})"
         )
     update_ratios(args.results, "standard")
-    write_benchmark_docs(args.results, args.docs)
+    write_benchmark_docs(args.results, args.docs, STANDARD)
 
 
 def _on_current_grid(metrics: dict) -> bool:

@@ -200,12 +200,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from weakseg.bench import METHOD_ORDER, bench
+    from weakseg.bench.protocol import STANDARD
+    from weakseg.bench.runner import bench
 
     bench(
+        STANDARD,
         args.profile,
         args.datasets,
-        args.methods or list(METHOD_ORDER),
+        args.methods or list(STANDARD.row_order),
         args.supervisions,
         data_root=Path(args.data_root),
         results=Path(args.results),
@@ -214,6 +216,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
         force=args.force,
         seeds=args.seeds,
     )
+    return 0
+
+
+def cmd_bench_ablate(args: argparse.Namespace) -> int:
+    from weakseg.bench.ablate import ablate, load_table, summary
+    from weakseg.bench.protocol import STANDARD
+
+    table = load_table(args.table)
+    entries = ablate(
+        STANDARD,
+        table,
+        dataset=args.dataset,
+        supervision=args.supervision,
+        variants=args.variants,
+        seeds=args.seeds,
+        until=args.until,
+        force=args.force,
+        data_root=Path(args.data_root),
+        results=Path(args.results),
+        cache=Path(args.cache),
+    )
+    print(summary(table, entries, args.dataset or table.dataset, args.supervision or table.supervision))
     return 0
 
 
@@ -355,6 +379,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="train each method row with these seeds")
     common(p)
     p.set_defaults(func=cmd_bench)
+    bench_sub = p.add_subparsers(dest="bench_command", metavar="ablate")
+    a = bench_sub.add_parser(
+        "ablate",
+        help="a method's component ablation: variants of its standard-profile bench row",
+        description="Run the variants of an ablation table (weakseg/recipes/ablations/TABLE.yaml) not yet recorded "
+        "with their current recipe; entries go to RESULTS/ablations/DATASET-TABLE-SUPERVISION.json.",
+    )
+    a.add_argument("table", metavar="TABLE", help="e.g. rloss, spml, pmp, pmp-pretrained, ppc")
+    a.add_argument("--dataset", default=None, help="benchmark dataset (default: the table's, voc454)")
+    supervisions = ("tags", "boxes", "points", "scribbles")
+    a.add_argument("--supervision", default=None, choices=supervisions, help="default: the table's")
+    a.add_argument("--variants", nargs="+", default=None, help="only these variants (default: all of the table's)")
+    a.add_argument(
+        "--seeds", nargs="+", type=int, default=None, help="tables recorded per seed: these seeds (default 0)"
+    )
+    a.add_argument(
+        "--until",
+        default=None,
+        help="stop after this pseudo-label stage and record its seed scores (default: the table's; without one, "
+        "every stage runs and the val metrics are recorded)",
+    )
+    a.add_argument("--force", action="store_true", help="rerun variants even when recorded, without resuming")
+    a.add_argument("--data-root", default="../shared/data", help="folder holding voc454/ and camvid/")
+    a.add_argument("--results", default="benchmarks/results")
+    a.add_argument("--cache", default="benchmarks/cache", help="simulated labels and run folders (not committed)")
+    common(a)
+    a.set_defaults(func=cmd_bench_ablate)
 
     p = sub.add_parser("demo", help="train full and pCE on generated data and report")
     p.add_argument("--out", default="weakseg-demo", help="output folder")

@@ -151,9 +151,9 @@ def load_recipe_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     return deep_merge(merged, data)
 
 
-# Recipe keys that moved: (the method whose recipes had the key, where it was, where it is now). Recipes and
-# checkpoints written before a move are read with the key at its new place (`upgrade_recipe_dict`); the bench
-# matches rows recorded before it by moving the key back (`weakseg.bench.recipe_eras`).
+# Recipe keys that moved: (the method whose recipes had the key, where it was, where it is now). Recipes,
+# checkpoints and benchmark records written before a move are read with the key at its new place
+# (`upgrade_recipe_dict`).
 MOVED_KEYS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("pmp", ("method_args", "norm"), ("model", "norm")),  # group norm + weight standardisation, for every method
 ]

@@ -1,11 +1,12 @@
-"""docs/benchmarks.md is generated from the JSON rows: tables in method order, provenance, the plot."""
+"""docs/benchmarks.md is generated from the JSON rows: tables in the protocol's row order, provenance, the plot."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from weakseg.bench.docs import write_benchmark_docs
+from weakseg.bench.protocol import STANDARD
 from weakseg.data.formats import write_json
-from weakseg.report import write_benchmark_docs
 
 
 def _record(dataset: str, method: str, supervision: str, miou: float, fraction: float) -> dict:
@@ -28,7 +29,7 @@ def test_docs_tables_and_plot(tmp_path: Path) -> None:
     ]
     for r in rows:
         write_json(results / "standard" / r["dataset"] / f"{r['method']}-{r['supervision']}.json", r)
-    text = write_benchmark_docs(results, docs).read_text()
+    text = write_benchmark_docs(results, docs, STANDARD).read_text()
     voc = text[text.index("### voc454") :]
     assert voc.index("| full | full |") < voc.index("| pce | points |") < voc.index("| pce | scribbles |")
     assert "| pce | points | 0 | 0.0100% | 0.200 |" in voc
@@ -45,7 +46,7 @@ def test_rows_over_seeds_get_mean_and_spread(tmp_path: Path) -> None:
         best = {"miou": miou + 0.2, "threshold": 0.1}
         record["pseudo_labels"] = {"seed": {"miou": miou + 0.1, "boundary_f": 0.2}, "seed_thresholds": {"best": best}}
         write_json(results / "standard" / "voc454" / f"cam-tags{f'-seed{seed}' if seed else ''}.json", record)
-    text = write_benchmark_docs(results, docs).read_text()
+    text = write_benchmark_docs(results, docs, STANDARD).read_text()
     assert "| cam | tags | 2 | 10.0000% | 0.250 |" in text  # one table row per seed, in seed order
     assert "| 0.350 | — | 0.450 | 0.10 |" in text  # seed 2's seed, refined seed, best-threshold seed and its t
     # mean ± sd of each score, then median (min–max) of seed mIoU, best-threshold seed mIoU and val mIoU
@@ -54,3 +55,9 @@ def test_rows_over_seeds_get_mean_and_spread(tmp_path: Path) -> None:
         "| 0.300 ± 0.000 | 0.350 (0.300–0.400) | 0.450 (0.400–0.500) | 0.250 (0.200–0.300) |" in text
     )
     assert "`cam-tags` seed 2: tags protocol" in text and "`cam-tags`: tags protocol" in text
+
+
+def test_the_recorded_rows_give_the_committed_page(tmp_path: Path) -> None:
+    committed = Path(__file__).parents[2] / "docs" / "benchmarks.md"
+    results = Path(__file__).parents[2] / "benchmarks" / "results"
+    assert write_benchmark_docs(results, tmp_path, STANDARD).read_text() == committed.read_text()

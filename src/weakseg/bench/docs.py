@@ -1,4 +1,4 @@
-"""Benchmark documentation generated from the rows' JSON: tables, commands, hardware and a plot."""
+"""``docs/benchmarks.md``, generated from the rows' JSON: tables, commands, hardware and a plot."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import json
 import statistics
 from pathlib import Path
 
-from weakseg.bench import METHOD_ORDER, PROFILES, SUPERVISION_ORDER
+from weakseg.bench.protocol import Protocol
+from weakseg.methods.base import SUPERVISIONS
 
 PLOT_NAME = "benchmarks-miou-vs-labels.png"
 COLUMNS = (
@@ -29,9 +30,9 @@ COLUMNS = (
 )
 
 
-def _order(record: dict) -> tuple[int, int, int]:
-    method = METHOD_ORDER.index(record["method"]) if record["method"] in METHOD_ORDER else len(METHOD_ORDER)
-    return method, SUPERVISION_ORDER.index(record["supervision"]), record["seed"]
+def _order(record: dict, row_order: tuple[str, ...]) -> tuple[int, int, int]:
+    method = row_order.index(record["method"]) if record["method"] in row_order else len(row_order)
+    return method, SUPERVISIONS.index(record["supervision"]), record["seed"]
 
 
 def _value(record: dict, key: str) -> object:
@@ -51,8 +52,8 @@ def _cell(record: dict, key: str, fmt: str) -> str:
     return fmt.format(value)
 
 
-def load_records(results: Path) -> dict[str, dict[str, list[dict]]]:
-    """``{profile: {dataset: [records in table order]}}``."""
+def load_records(results: Path, protocol: Protocol) -> dict[str, dict[str, list[dict]]]:
+    """``{profile: {dataset: [records in the protocol's row order]}}``."""
     out: dict[str, dict[str, list[dict]]] = {}
     for path in sorted(results.glob("*/*/*.json")):
         record = json.loads(path.read_text())
@@ -60,7 +61,7 @@ def load_records(results: Path) -> dict[str, dict[str, list[dict]]]:
         out.setdefault(record["profile"], {}).setdefault(record["dataset"], []).append(record)
     for datasets in out.values():
         for records in datasets.values():
-            records.sort(key=_order)
+            records.sort(key=lambda record: _order(record, protocol.row_order))
     return out
 
 
@@ -152,9 +153,9 @@ def plot_miou_vs_labels(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_benchmark_docs(results: Path, docs: Path) -> Path:
+def write_benchmark_docs(results: Path, docs: Path, protocol: Protocol) -> Path:
     """Regenerate ``docs/benchmarks.md`` (and its plot) from every JSON row under ``results``."""
-    profiles = load_records(results)
+    profiles = load_records(results, protocol)
     lines = [
         "# Benchmarks",
         "",
@@ -171,7 +172,7 @@ def write_benchmark_docs(results: Path, docs: Path) -> Path:
         "PPC report.",
         "",
     ]
-    for profile in sorted(profiles, key=lambda p: list(PROFILES).index(p) if p in PROFILES else 99):
+    for profile in sorted(profiles, key=lambda p: list(protocol.profiles).index(p) if p in protocol.profiles else 99):
         datasets = profiles[profile]
         all_rows = [r for records in datasets.values() for r in records]
         first = all_rows[0]
@@ -183,7 +184,7 @@ def write_benchmark_docs(results: Path, docs: Path) -> Path:
             f"- schedule: {first['schedule']}",
             f"- hardware: {first['hardware']} (device `{first['device']}`)",
             f"- reproduce: `weakseg bench --profile {profile} --datasets {' '.join(sorted(datasets))} "
-            f"--methods {' '.join(sorted({r['method'] for r in all_rows}, key=METHOD_ORDER.index))}`",
+            f"--methods {' '.join(sorted({r['method'] for r in all_rows}, key=protocol.row_order.index))}`",
             "",
         ]
         for dataset, records in sorted(datasets.items()):
