@@ -54,7 +54,7 @@ def main() -> None:
                 sample = dataset[i]
                 x = normalize(torch.from_numpy(sample.image).permute(2, 0, 1)[None], *model.mean_std)
                 cams = extract_cams(functools.partial(_cam, model), x)[0]
-                mask = torch.from_numpy(sample.mask.astype("int64"))
+                mask = torch.from_numpy(sample.maps["mask"].astype("int64"))
                 known = mask != dataset.class_set.ignore_index
                 for c in sorted({int(t) for t in sample.tags} - {dataset.class_set.background}):
                     r, obj = max_normalise(cams[c]), mask == c

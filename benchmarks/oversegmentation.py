@@ -68,7 +68,7 @@ def main() -> None:
             regions = oversegment(sample.image, cfg)
             times.append(time.perf_counter() - start)
             counts.append(int(regions.max()) + 1)
-            totals += scores(regions, sample.mask)
+            totals += scores(regions, sample.maps["mask"])
         print(f"| {name} | {statistics.median(counts):.0f} | {totals[0] / totals[1]:.3f} | "
               f"{totals[2] / totals[3]:.3f} | {statistics.median(times):.3f} |")  # fmt: skip
 

@@ -87,7 +87,8 @@ def main() -> None:
     protocol = LabelProtocol(points_mode=args.points_mode)
     boxes = read_coco_boxes(args.data / "boxes_coco.json") if args.points_mode == "box-centres" else {}
     points = [
-        derive_image_points(s.image_id, s.mask, dataset.class_set, protocol, boxes.get(s.image_id)) for s in samples
+        derive_image_points(s.image_id, s.maps["mask"], dataset.class_set, protocol, boxes.get(s.image_id))
+        for s in samples
     ]
     background, ignore = dataset.class_set.background, dataset.class_set.ignore_index
     described = "the benchmark's points" if args.points_mode == "component" else "box centres + 4 background points"
@@ -96,7 +97,7 @@ def main() -> None:
     columns = (*SCORES[:4], "images under 1%", "s / image (median)")
     print("| setting | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
-    masks = [s.mask[s.mask != ignore] for s in samples]
+    masks = [s.maps["mask"][s.maps["mask"] != ignore] for s in samples]
     share = sum(int((m == background).sum()) for m in masks) / sum(m.size for m in masks)
     print(f"| every pixel background (reference) | 1.000 | {share:.3f} | – | 0.000 | 0.00 | – |")
     for name in args.settings:
@@ -106,7 +107,7 @@ def main() -> None:
             start = time.perf_counter()
             blots = point_blots(sample.image, pts, cfg, seed=stable_int(sample.image_id))
             times.append(time.perf_counter() - start)
-            counts = label_counts(blots, sample.mask, background, ignore)
+            counts = label_counts(blots, sample.maps["mask"], background, ignore)
             totals += counts
             sparse += int(counts[1] < 0.01 * counts[0])
         scores = " | ".join(f"{v:.3f}" for v in label_scores(totals)[:4])

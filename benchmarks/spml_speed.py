@@ -69,9 +69,9 @@ def main() -> None:
     items = []
     for i in range(8):
         sample = dataset[i]
-        scribble = np.full_like(sample.mask, 255)
-        scribble[::16] = sample.mask[::16]
-        sample = sample.replace(regions=oversegment(sample.image, OversegmentConfig()), scribble=scribble)
+        scribble = np.full_like(sample.maps["mask"], 255)
+        scribble[::16] = sample.maps["mask"][::16]
+        sample = sample.with_maps(regions=oversegment(sample.image, OversegmentConfig()), scribble=scribble)
         items.append(sample_to_tensors(augment(sample, np.random.default_rng(i)), voc.num_classes))
     batch = collate(items)
     baseline = loss_module_at(args.baseline) if args.baseline else None

@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import SHARED_DATA, needs_camvid, needs_voc454
 from weakseg.data import camvid, voc, voc_layout
 from weakseg.data.dataset import SegmentationDataset
+from weakseg.data.kinds import weak_kinds
 from weakseg.errors import DataError
 
 
@@ -21,8 +22,8 @@ def test_voc454_in_one_line() -> None:
     val = voc(SHARED_DATA / "voc454", "val")
     assert (len(train), len(val)) == (212, 242)
     sample = train[0]
-    assert sample.image.shape == (375, 500, 3) and sample.mask.shape == (375, 500)
-    assert set(np.unique(sample.mask)) <= set(range(21)) | {255}
+    assert sample.image.shape == (375, 500, 3) and sample.maps["mask"].shape == (375, 500)
+    assert set(np.unique(sample.maps["mask"])) <= set(range(21)) | {255}
     assert sample.tags is not None and len(sample.tags) >= 1
     assert sample.boxes is not None and sample.boxes.shape[1] == 5
 
@@ -34,7 +35,7 @@ def test_camvid_in_one_line() -> None:
     assert (len(train), len(val)) == (367, 101)
     sample = val[0]
     assert sample.image.shape == (360, 480, 3)
-    assert set(np.unique(sample.mask)) <= set(range(11)) | {255}
+    assert set(np.unique(sample.maps["mask"])) <= set(range(11)) | {255}
 
 
 def _data(root: Path, **kw):
@@ -44,10 +45,11 @@ def _data(root: Path, **kw):
 def test_every_label_kind_loads(shapes: Path) -> None:
     ds = SegmentationDataset(_data(shapes), "train", kinds=("mask", "tags", "boxes", "points", "scribbles"))
     sample = ds[0]
-    assert sample.weak_kinds() == ("tags", "boxes", "points", "scribbles")
-    assert sample.scribble.shape == sample.mask.shape
-    labelled = sample.scribble != 255
-    assert (sample.scribble[labelled] == sample.mask[labelled]).all()
+    assert weak_kinds(sample) == ("tags", "boxes", "points", "scribbles")
+    mask, scribble = sample.maps["mask"], sample.maps["scribble"]
+    assert scribble.shape == mask.shape
+    labelled = scribble != 255
+    assert (scribble[labelled] == mask[labelled]).all()
     assert 0 < ds.labelled_pixel_fraction("scribbles") < ds.labelled_pixel_fraction("mask") == 1.0
 
 

@@ -12,6 +12,7 @@ from weakseg.data.classes import IGNORE_INDEX
 from weakseg.data.loader import StepSampler, collate, sample_to_tensors
 from weakseg.data.rasterize import dilate_labels, rasterize_points
 from weakseg.data.sample import Sample
+from weakseg.pseudo import oversegment  # noqa: F401 (registers the map "regions")
 
 
 def test_sampler_resumes_mid_run() -> None:
@@ -41,8 +42,7 @@ def test_collate_keeps_variable_length_labels() -> None:
     b = Sample(
         "b",
         np.zeros((4, 5, 3), np.uint8),
-        mask=np.ones((4, 5), np.uint8),
-        regions=regions,
+        maps={"mask": np.ones((4, 5), np.uint8), "regions": regions},
         meta={"valid": (0, 0, 3, 2)},
     )
     batch = collate([sample_to_tensors(s, 4) for s in (a, b)])

@@ -9,6 +9,7 @@ from scipy import ndimage
 from weakseg.data.classes import IGNORE_INDEX
 from weakseg.data.sample import Sample
 from weakseg.data.transforms import AugmentConfig, JointTransform
+from weakseg.pseudo import oversegment  # noqa: F401 (registers the map "regions")
 
 H, W = 40, 64
 PAD = (124, 116, 104)
@@ -33,9 +34,13 @@ def make_sample() -> Sample:
     points = np.array(centres + corners, dtype=np.float32)
     boxes = np.array([[c0, r0, c1, r1, cls] for cls, (r0, r1, c0, c1) in RECTS.items()], dtype=np.float32)
     tags = np.array(sorted(RECTS), dtype=np.int64)
-    return Sample(
-        "grid", image, mask=mask, tags=tags, boxes=boxes, points=points, scribble=scribble, meta={"source": "test"}
-    )
+    maps = {"mask": mask, "scribble": scribble}
+    return Sample("grid", image, maps, tags=tags, boxes=boxes, points=points, meta={"source": "test"})
+
+
+def labels(sample: Sample, name: str) -> np.ndarray | None:
+    """The image, a map of ``sample.maps`` or a table field of ``sample``, by name."""
+    return sample.maps.get(name) if name in ("mask", "scribble") else getattr(sample, name)
 
 
 def plain(**changes) -> AugmentConfig:
@@ -47,16 +52,16 @@ def plain(**changes) -> AugmentConfig:
 def check_common(out: Sample, src: Sample) -> None:
     """Invariants that hold for every configuration without colour jitter."""
     h, w = out.size
-    assert out.mask.shape == out.scribble.shape == (h, w)
-    assert out.image.dtype == out.mask.dtype == out.scribble.dtype == np.uint8
+    assert out.maps["mask"].shape == out.maps["scribble"].shape == (h, w)
+    assert out.image.dtype == out.maps["mask"].dtype == out.maps["scribble"].dtype == np.uint8
     # nearest neighbour: no new label values; scribble agrees with the mask wherever it is labelled
-    assert set(np.unique(out.mask)) <= {*np.unique(src.mask).tolist(), IGNORE_INDEX}
-    assert set(np.unique(out.scribble)) <= set(np.unique(src.scribble).tolist())
-    labelled = out.scribble != IGNORE_INDEX
-    np.testing.assert_array_equal(out.scribble[labelled], out.mask[labelled])
+    assert set(np.unique(out.maps["mask"])) <= {*np.unique(src.maps["mask"]).tolist(), IGNORE_INDEX}
+    assert set(np.unique(out.maps["scribble"])) <= set(np.unique(src.maps["scribble"]).tolist())
+    labelled = out.maps["scribble"] != IGNORE_INDEX
+    np.testing.assert_array_equal(out.maps["scribble"][labelled], out.maps["mask"][labelled])
     # the source mask has no ignore pixels, so 255 in the output is padding: pad colour in the image
-    pad = out.mask == IGNORE_INDEX
-    assert np.all(out.scribble[pad] == IGNORE_INDEX)
+    pad = out.maps["mask"] == IGNORE_INDEX
+    assert np.all(out.maps["scribble"][pad] == IGNORE_INDEX)
     assert np.all(out.image[pad] == PAD)
     # meta["valid"] is exactly the rectangle of real (non-padding) pixels
     x0, y0, x1, y1 = out.meta["valid"]
@@ -65,11 +70,11 @@ def check_common(out: Sample, src: Sample) -> None:
     np.testing.assert_array_equal(real, ~pad)
     # inside uniform label areas the image's encoded source coordinates and region colour match the mask
     # (the crop border counts as non-uniform: bilinear sampling there also reads pixels outside the crop)
-    lo = ndimage.minimum_filter(out.mask, 5, mode="constant", cval=IGNORE_INDEX)
-    inner = (lo == ndimage.maximum_filter(out.mask, 5, mode="constant", cval=IGNORE_INDEX)) & ~pad
+    lo = ndimage.minimum_filter(out.maps["mask"], 5, mode="constant", cval=IGNORE_INDEX)
+    inner = (lo == ndimage.maximum_filter(out.maps["mask"], 5, mode="constant", cval=IGNORE_INDEX)) & ~pad
     src_cols, src_rows = out.image[..., 0][inner], out.image[..., 1][inner]
-    np.testing.assert_array_equal(src.mask[src_rows, src_cols], out.mask[inner])
-    assert np.abs(out.image[..., 2][inner].astype(int) - (out.mask[inner].astype(int) * 40 + 20)).max() <= 1
+    np.testing.assert_array_equal(src.maps["mask"][src_rows, src_cols], out.maps["mask"][inner])
+    assert np.abs(out.image[..., 2][inner].astype(int) - (out.maps["mask"][inner].astype(int) * 40 + 20)).max() <= 1
     # geometry stays inside the output image; tags and meta untouched
     assert out.points.dtype == out.boxes.dtype == np.float32
     assert np.all((out.points[:, 0] >= 0) & (out.points[:, 0] <= w - 1))
@@ -85,14 +90,14 @@ def check_boxes(out: Sample, tol: float) -> None:
     """Every surviving box bounds its rectangle in the output mask; every visible rectangle keeps its box."""
     kept = {int(c) for c in out.boxes[:, 4]}
     for x0, y0, x1, y1, cls in out.boxes:
-        ys, xs = np.nonzero(out.mask == cls)
+        ys, xs = np.nonzero(out.maps["mask"] == cls)
         if xs.size == 0:  # a sliver thinner than one pixel may survive the crop without any pixel centre
             assert min(x1 - x0, y1 - y0) <= tol
             continue
         tight = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
         np.testing.assert_allclose([x0, y0, x1, y1], tight, atol=tol)
     for cls in RECTS:
-        ys, xs = np.nonzero(out.mask == cls)
+        ys, xs = np.nonzero(out.maps["mask"] == cls)
         if cls not in kept:
             assert xs.size == 0 or min(np.ptp(xs), np.ptp(ys)) < tol
 
@@ -106,8 +111,8 @@ def test_alignment_is_exact_without_scaling(seed: int) -> None:
     check_common(out, src)
     # every output pixel carries the labels of the source pixel its image encodes
     cols, rows = out.image[..., 0].astype(int), out.image[..., 1].astype(int)
-    np.testing.assert_array_equal(out.mask, src.mask[rows, cols])
-    np.testing.assert_array_equal(out.scribble, src.scribble[rows, cols])
+    np.testing.assert_array_equal(out.maps["mask"], src.maps["mask"][rows, cols])
+    np.testing.assert_array_equal(out.maps["scribble"], src.maps["scribble"][rows, cols])
     # points land exactly on their marker pixel; a point survives iff its marker is inside the crop
     px, py = out.points[:, 0], out.points[:, 1]
     np.testing.assert_array_equal(px, np.round(px))
@@ -117,7 +122,7 @@ def test_alignment_is_exact_without_scaling(seed: int) -> None:
     landed = {(int(c), int(r), int(k)) for c, r, k in marks}
     visible = {(int(x), int(y), int(k)) for x, y, k in src.points if np.any((cols == x) & (rows == y))}
     assert landed == visible
-    np.testing.assert_array_equal(out.mask[py, px], out.points[:, 2])
+    np.testing.assert_array_equal(out.maps["mask"][py, px], out.points[:, 2])
     check_boxes(out, tol=0.0)
 
 
@@ -129,7 +134,7 @@ def test_alignment_with_scaling(seed: int) -> None:
     assert out.size == (48, 48)
     check_common(out, src)
     # each surviving point lies within one pixel of a pixel of its own class
-    padded = np.pad(out.mask, 1, constant_values=IGNORE_INDEX)
+    padded = np.pad(out.maps["mask"], 1, constant_values=IGNORE_INDEX)
     for x, y, cls in out.points:
         r, c = round(float(y)) + 1, round(float(x)) + 1
         assert np.any(padded[r - 1 : r + 2, c - 1 : c + 2] == cls)
@@ -160,9 +165,9 @@ def test_padding_bottom_right_with_ignore() -> None:
     out = JointTransform(plain(crop_size=80))(src, np.random.default_rng(0))
     assert out.size == (80, 80)
     np.testing.assert_array_equal(out.image[:H, :W], src.image)
-    np.testing.assert_array_equal(out.mask[:H, :W], src.mask)
-    np.testing.assert_array_equal(out.scribble[:H, :W], src.scribble)
-    for label in (out.mask, out.scribble):
+    np.testing.assert_array_equal(out.maps["mask"][:H, :W], src.maps["mask"])
+    np.testing.assert_array_equal(out.maps["scribble"][:H, :W], src.maps["scribble"])
+    for label in (out.maps["mask"], out.maps["scribble"]):
         assert np.all(label[H:] == IGNORE_INDEX) and np.all(label[:, W:] == IGNORE_INDEX)
     assert np.all(out.image[H:] == PAD) and np.all(out.image[:, W:] == PAD)
     np.testing.assert_array_equal(out.points, src.points)
@@ -176,14 +181,14 @@ def test_flip_is_pure_mirror() -> None:
     for seed in range(20):
         out = transform(src, np.random.default_rng(seed))
         if np.array_equal(out.image, src.image):
-            np.testing.assert_array_equal(out.mask, src.mask)
+            np.testing.assert_array_equal(out.maps["mask"], src.maps["mask"])
             np.testing.assert_array_equal(out.points, src.points)
             np.testing.assert_array_equal(out.boxes, src.boxes)
             continue
         flipped += 1
         np.testing.assert_array_equal(out.image, src.image[:, ::-1])
-        np.testing.assert_array_equal(out.mask, src.mask[:, ::-1])
-        np.testing.assert_array_equal(out.scribble, src.scribble[:, ::-1])
+        np.testing.assert_array_equal(out.maps["mask"], src.maps["mask"][:, ::-1])
+        np.testing.assert_array_equal(out.maps["scribble"], src.maps["scribble"][:, ::-1])
         np.testing.assert_array_equal(out.points[:, 0], W - 1 - src.points[:, 0])
         np.testing.assert_array_equal(out.points[:, 1:], src.points[:, 1:])
         np.testing.assert_array_equal(out.boxes[:, [0, 2]], W - src.boxes[:, [2, 0]])
@@ -200,7 +205,7 @@ def test_color_jitter_touches_only_the_image() -> None:
         assert out.image.shape == src.image.shape and out.image.dtype == np.uint8
         changed += not np.array_equal(out.image, src.image)
         for name in ("mask", "scribble", "points", "boxes", "tags"):
-            np.testing.assert_array_equal(getattr(out, name), getattr(src, name))
+            np.testing.assert_array_equal(labels(out, name), labels(src, name))
     assert changed == 10
 
 
@@ -209,7 +214,7 @@ def test_deterministic_for_seed() -> None:
     transform = JointTransform(AugmentConfig(crop_size=32))
     a, b = (transform(src, np.random.default_rng(7)) for _ in range(2))
     for name in ("image", "mask", "scribble", "points", "boxes"):
-        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        np.testing.assert_array_equal(labels(a, name), labels(b, name))
     others = [transform(src, np.random.default_rng(s)).image for s in range(8, 12)]
     assert not all(np.array_equal(a.image, o) for o in others)
 
@@ -220,8 +225,8 @@ def test_input_sample_is_not_modified(cfg: AugmentConfig) -> None:
     before = make_sample()
     out = JointTransform(cfg)(src, np.random.default_rng(3))
     for name in ("image", "mask", "scribble", "points", "boxes", "tags"):
-        np.testing.assert_array_equal(getattr(src, name), getattr(before, name))
-        assert not np.shares_memory(getattr(out, name), getattr(src, name))
+        np.testing.assert_array_equal(labels(src, name), labels(before, name))
+        assert not np.shares_memory(labels(out, name), labels(src, name))
     assert src.meta == before.meta
 
 
@@ -229,7 +234,7 @@ def test_missing_labels_stay_missing() -> None:
     src = Sample("img", make_sample().image, tags=np.array([1, 2]))
     out = JointTransform(AugmentConfig(crop_size=32))(src, np.random.default_rng(0))
     assert out.size == (32, 32)
-    assert out.mask is out.scribble is out.points is out.boxes is None
+    assert out.maps.get("mask") is out.maps.get("scribble") is out.points is out.boxes is None
     np.testing.assert_array_equal(out.tags, [1, 2])
 
 
@@ -237,10 +242,10 @@ def test_missing_labels_stay_missing() -> None:
 def test_regions_follow_the_mask_with_nearest_sampling(seed: int) -> None:
     """Region ids above 255 (int32) map one-to-one onto the mask's classes; padding gets −1."""
     src = make_sample()
-    src = src.replace(regions=(src.mask.astype(np.int32) * 1000 + 7))
+    src = src.with_maps(regions=(src.maps["mask"].astype(np.int32) * 1000 + 7))
     cfg = AugmentConfig(crop_size=48, scale_range=(0.6, 1.6), hflip=True, color_jitter=0.2)
     out = JointTransform(cfg)(src, np.random.default_rng(seed))
-    assert out.regions.dtype == np.int32 and out.regions.shape == out.mask.shape
-    pad = out.mask == IGNORE_INDEX
-    assert np.all(out.regions[pad] == -1)
-    np.testing.assert_array_equal(out.regions[~pad], out.mask[~pad].astype(np.int32) * 1000 + 7)
+    assert out.maps["regions"].dtype == np.int32 and out.maps["regions"].shape == out.maps["mask"].shape
+    pad = out.maps["mask"] == IGNORE_INDEX
+    assert np.all(out.maps["regions"][pad] == -1)
+    np.testing.assert_array_equal(out.maps["regions"][~pad], out.maps["mask"][~pad].astype(np.int32) * 1000 + 7)

@@ -112,7 +112,7 @@ def test_regions_come_from_the_cache_once_bound(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="not set up"):
         method.prepare_sample(sample)
     method.bind(DataConfig(root=str(tmp_path)), tmp_path / "run", num_images=1)
-    assert method.prepare_sample(sample).regions.shape == (20, 30)
+    assert method.prepare_sample(sample).maps["regions"].shape == (20, 30)
     assert len(list((tmp_path / "run" / "regions").glob("*/x.png"))) == 1
 
 

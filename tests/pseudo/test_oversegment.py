@@ -45,14 +45,14 @@ def test_cache_computes_each_map_once_per_setting(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(module, "oversegment", lambda image, cfg: calls.append(cfg.method) or real(image, cfg))
     sample = Sample("img_1", two_halves())
     cache = RegionCache(tmp_path, OversegmentConfig())
-    first = cache(sample).regions
-    second = RegionCache(tmp_path, OversegmentConfig())(sample).regions
+    first = cache(sample).maps["regions"]
+    second = RegionCache(tmp_path, OversegmentConfig())(sample).maps["regions"]
     assert calls == ["felzenszwalb"] and np.array_equal(first, second) and second.dtype == np.int32
     RegionCache(tmp_path, OversegmentConfig(method="slic"))(sample)
     assert calls == ["felzenszwalb", "slic"]  # another setting, another folder
     assert len([p for p in tmp_path.iterdir() if (p / "settings.json").is_file()]) == 2
     resized = Sample("img_1", two_halves(20, 30))
-    assert cache(resized).regions.shape == (20, 30) and len(calls) == 3  # a stale size is recomputed
+    assert cache(resized).maps["regions"].shape == (20, 30) and len(calls) == 3  # a stale size is recomputed
 
 
 def test_unsafe_image_ids_are_refused(tmp_path: Path) -> None:

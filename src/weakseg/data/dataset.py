@@ -18,7 +18,8 @@ import torch
 
 from weakseg.data import formats
 from weakseg.data.classes import ClassSet, get_class_set
-from weakseg.data.sample import LABEL_FILES, LABEL_KINDS, Sample, image_id_problem
+from weakseg.data.kinds import KINDS, map_kinds, table_kinds
+from weakseg.data.sample import Sample, image_id_problem
 from weakseg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,17 @@ class DataConfig:
         return p if p.is_absolute() else Path(self.root) / p
 
     def label_path(self, kind: str, split: str) -> Path | None:
-        """The file (or folder) of weak labels of ``kind``: explicit entry first, else the ``labels`` folder."""
-        explicit = getattr(self, kind)
+        """The file (or folder) of labels of ``kind``: for the full masks (the one kind that is not weak) the masks
+        folder, ``train_masks`` on the train split; for a weak kind its explicit entry (``tags``, …) first, else its
+        file in the ``labels`` folder."""
+        if not KINDS[kind].weak:
+            masks = self.train_masks if self.train_masks is not None and split == self.train_split else self.masks
+            return self.path(masks, split)
+        explicit = getattr(self, kind, None)
         if explicit is not None:
             return self.path(explicit, split)
         if self.labels is not None:
-            candidate = self.path(self.labels, split) / LABEL_FILES[kind]
+            candidate = self.path(self.labels, split) / KINDS[kind].file
             if candidate.exists():
                 return candidate
         return None
@@ -106,11 +112,8 @@ def resolve_class_set(cfg: DataConfig, split: str = "train") -> ClassSet:
 class Record:
     image_id: str
     image_path: Path
-    mask_path: Path | None = None
-    scribble_path: Path | None = None
-    tags: np.ndarray | None = None
-    boxes: np.ndarray | None = None
-    points: np.ndarray | None = None
+    # Per label kind the image has: its label-map file (map kinds) or its unchecked table entry (table kinds).
+    labels: dict[str, Path | np.ndarray] = field(default_factory=dict)
     size: tuple[int, int] | None = None  # (height, width), known after validation
     extra: dict = field(default_factory=dict)
 
@@ -118,8 +121,9 @@ class Record:
 class SegmentationDataset(torch.utils.data.Dataset):
     """One split of a dataset, yielding :class:`Sample` records with the requested label kinds.
 
-    ``kinds`` lists what to load: ``"mask"`` and any of ``tags, boxes, points, scribbles``. ``required`` lists the
-    kinds every record must have (``"any-weak"``: at least one of the requested weak kinds, for mixed supervision).
+    ``kinds`` lists what to load: any registered label kind (:data:`weakseg.data.kinds.KINDS`: ``"mask"``, ``tags``,
+    ``boxes``, ``points``, ``scribbles``). ``required`` lists the kinds every record must have (``"any-weak"``: at
+    least one of the requested weak kinds, for mixed supervision).
     """
 
     def __init__(
@@ -130,7 +134,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         required: Sequence[str] = (),
         class_set: ClassSet | None = None,
     ) -> None:
-        unknown = set(kinds) - {"mask", *LABEL_KINDS}
+        unknown = set(kinds) - set(KINDS)
         if unknown:
             raise ValueError(f"unknown label kinds {sorted(unknown)}")
         self.cfg, self.split, self.kinds = cfg, split, tuple(kinds)
@@ -158,25 +162,22 @@ class SegmentationDataset(torch.utils.data.Dataset):
             if not split_path.is_file():
                 raise DataError(split_path, f"split list for '{split}' not found")
             ids = formats.read_split_list(split_path)
-        self.label_files = {kind: cfg.label_path(kind, split) for kind in LABEL_KINDS if kind in self.kinds}
+        self.label_files = {kind: cfg.label_path(kind, split) for kind in KINDS if kind in self.kinds}
         if "any-weak" in required:  # mixed supervision: the kinds with a file are loaded, the others skipped
-            found = {kind: path for kind, path in self.label_files.items() if path is not None and path.exists()}
-            if self.label_files and not found:
-                wanted = "/".join(self.label_files)
+            weak = {kind: path for kind, path in self.label_files.items() if KINDS[kind].weak}
+            found = {kind: path for kind, path in weak.items() if path is not None and path.exists()}
+            if weak and not found:
+                wanted = "/".join(weak)
                 raise DataError(cfg.labels, f"no {wanted} labels for split '{split}': set data.labels or data.<kind>")
-            self.label_files = found
-        labels = {kind: self._read_weak(kind) for kind in self.label_files if kind != "scribbles"}
-        masks = cfg.train_masks if cfg.train_masks is not None and split == cfg.train_split else cfg.masks
-        mask_dir = cfg.path(masks, split) if "mask" in self.kinds else None
-        if "mask" in self.kinds and (mask_dir is None or not mask_dir.is_dir()):
-            raise DataError(mask_dir, "mask folder not found")
-        scribble_dir = self.label_files.get("scribbles")
-        if (
-            "scribbles" in self.kinds
-            and "any-weak" not in required
-            and (scribble_dir is None or not scribble_dir.is_dir())
-        ):
-            raise DataError(scribble_dir or cfg.labels, "scribble folder not found (set data.scribbles or data.labels)")
+            self.label_files = {
+                kind: path for kind, path in self.label_files.items() if kind in found or kind not in weak
+            }
+        tables = {kind.name: self._read_table(kind.name) for kind in table_kinds() if kind.name in self.label_files}
+        folders = {kind.name: self.label_files[kind.name] for kind in map_kinds() if kind.name in self.label_files}
+        for name, folder in folders.items():
+            kind = KINDS[name]
+            if (folder is None or not folder.is_dir()) and (not kind.weak or "any-weak" not in required):
+                raise DataError(folder or (cfg.labels if kind.weak else None), kind.missing)
         records = []
         for image_id in ids:
             paths = by_stem.get(image_id, [])
@@ -196,40 +197,32 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 self.skipped.append(str(error))
                 continue
             rec = Record(image_id, paths[0])
-            if mask_dir is not None:
-                rec.mask_path = mask_dir / f"{image_id}.png"
-            if scribble_dir is not None and (scribble_dir / f"{image_id}.png").is_file():
-                rec.scribble_path = scribble_dir / f"{image_id}.png"
-            for kind, table in labels.items():
-                setattr(rec, kind, table.get(image_id))
+            for name, folder in folders.items():
+                path = folder / f"{image_id}.png"
+                if KINDS[name].every_image or path.is_file():
+                    rec.labels[name] = path
+            for name, table in tables.items():
+                if image_id in table:
+                    rec.labels[name] = table[image_id]
             records.append(rec)
         return self._require(records, required)
 
-    def _read_weak(self, kind: str) -> dict[str, np.ndarray]:
+    def _read_table(self, kind: str) -> dict[str, np.ndarray]:
         path = self.label_files[kind]
         if path is None:
             raise DataError(None, f"no {kind} file for split '{self.split}': set data.{kind} or data.labels")
-        if kind == "tags":
-            return formats.read_tags_json(path)
-        if kind == "points":
-            return formats.read_points_json(path)
-        if path.is_dir():
-            return formats.read_voc_xml_boxes(path, self.class_set.names)
-        return formats.read_coco_boxes(path)
+        return KINDS[kind].read(path, self.class_set)
+
+    def _has(self, rec: Record, kind: str) -> bool:
+        """Whether the record has labels of ``kind`` that count where the kind is required."""
+        return kind in rec.labels and KINDS[kind].labelled(rec.labels[kind], self.class_set)
 
     def _require(self, records: list[Record], required: Sequence[str]) -> list[Record]:
         kept = []
+        weak = [kind for kind in self.label_files if KINDS[kind].weak]
         for rec in records:
-            has = {
-                "mask": rec.mask_path is not None,
-                "tags": rec.tags is not None and (len(rec.tags) > 0 or self.class_set.background is not None),
-                "boxes": rec.boxes is not None,
-                "points": rec.points is not None and len(rec.points) > 0,
-                "scribbles": rec.scribble_path is not None,
-            }
-            weak = [k for k in LABEL_KINDS if k in self.label_files]
-            missing = [k for k in required if k != "any-weak" and not has[k]]
-            if "any-weak" in required and not any(has[k] for k in weak):
+            missing = [k for k in required if k != "any-weak" and not self._has(rec, k)]
+            if "any-weak" in required and not any(self._has(rec, k) for k in weak):
                 missing.append("any of " + "/".join(weak))
             if missing:
                 problem = f"image '{rec.image_id}' has no {', '.join(missing)} labels"
@@ -263,33 +256,22 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return None
 
     def _load(self, rec: Record) -> Sample:
+        """The record's sample: its label maps decoded, then its table entries validated, each against the image."""
         image = formats.read_image(rec.image_path)
         height, width = image.shape[:2]
-        k, palette = self.class_set.num_classes, self.class_set.palette_array()
-        mask = scribble = None
-        if rec.mask_path is not None:
-            mask = formats.read_label_map(rec.mask_path, num_classes=k, size=(height, width), palette=palette)
-        if rec.scribble_path is not None:
-            scribble = formats.read_label_map(rec.scribble_path, num_classes=k, size=(height, width), palette=palette)
-        files, image_id = self.label_files, rec.image_id
-        if rec.tags is not None:
-            formats.validate_tags(rec.tags, k, files["tags"], image_id=image_id)
-        boxes = None
-        if rec.boxes is not None:
-            boxes = formats.validate_boxes(rec.boxes, height, width, k, files["boxes"], image_id=image_id)
-        if rec.points is not None:
-            formats.validate_points(rec.points, height, width, k, files["points"], image_id=image_id)
+        maps = {
+            kind.map: kind.load(rec.labels[kind.name], (height, width), self.class_set)
+            for kind in map_kinds()
+            if kind.name in rec.labels
+        }
+        k, files, image_id = self.class_set.num_classes, self.label_files, rec.image_id
+        tables = {
+            kind.name: kind.validate(rec.labels[kind.name], height, width, k, files[kind.name], image_id=image_id)
+            for kind in table_kinds()
+            if kind.name in rec.labels
+        }
         rec.size = (height, width)
-        return Sample(
-            image_id=rec.image_id,
-            image=image,
-            mask=mask,
-            tags=rec.tags,
-            boxes=boxes,
-            points=rec.points,
-            scribble=scribble,
-            meta={"path": str(rec.image_path)},
-        )
+        return Sample(rec.image_id, image, maps, **tables, meta={"path": str(rec.image_path)})
 
     def __len__(self) -> int:
         return len(self.records)
@@ -301,9 +283,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """(image_id, full mask) for every record, reading nothing else."""
         k, palette = self.class_set.num_classes, self.class_set.palette_array()
         for rec in self.records:
-            if rec.mask_path is None:
+            if "mask" not in rec.labels:
                 raise DataError(rec.image_path, "no mask loaded for this image (kinds lacks 'mask')")
-            yield rec.image_id, formats.read_label_map(rec.mask_path, num_classes=k, palette=palette)
+            yield rec.image_id, formats.read_label_map(rec.labels["mask"], num_classes=k, palette=palette)
 
     def image_size(self, index: int) -> tuple[int, int]:
         rec = self.records[index]
@@ -314,16 +296,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def labelled_pixel_fraction(self, kind: str) -> float:
         """Fraction of all image pixels carrying a label of ``kind`` (points count one pixel each); the same
         definition as ``derive-labels``'s density, so that ``mask`` gives the full-supervision row's fraction."""
+        kind = "mask" if kind == "full" else kind
         labelled = total = 0
         for i, rec in enumerate(self.records):
             h, w = self.image_size(i)
             total += h * w
-            if kind == "points" and rec.points is not None:
-                labelled += len(rec.points)
-            elif kind == "scribbles" and rec.scribble_path is not None:
-                labelled += int((formats.read_label_map(rec.scribble_path) != self.class_set.ignore_index).sum())
-            elif kind in ("full", "mask") and rec.mask_path is not None:
-                labelled += int((formats.read_label_map(rec.mask_path) != self.class_set.ignore_index).sum())
+            if kind in rec.labels:
+                labelled += KINDS[kind].pixels(rec.labels[kind], self.class_set)
         return labelled / max(total, 1)
 
 

@@ -12,62 +12,50 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from weakseg.data.classes import IGNORE_INDEX
-from weakseg.data.sample import NO_REGION, Sample
+from weakseg.data.kinds import KINDS, table_kinds
+from weakseg.data.sample import MAP_FILLS, Sample
 
 Batch = dict[str, object]
 
 
 def sample_to_tensors(sample: Sample, num_classes: int) -> dict:
-    """Tensors of one sample: uint8 image (3×H×W), int64 mask / scribble / blots (255 where absent), int64 regions
-    (−1 where absent), points, boxes, tags, and ``valid``, a bool map of the real image pixels (False on
-    augmentation padding, see ``meta["valid"]``)."""
+    """Tensors of one sample: uint8 image (3×H×W); every registered map as int64 (its fill value where the sample
+    lacks it); each table kind's tensor (points, boxes, multi-hot tags); ``valid``, a bool map of the real image
+    pixels (False on augmentation padding, see ``meta["valid"]``); and ``has``, whether the sample carries each
+    registered label kind."""
     h, w = sample.size
     valid = torch.zeros((h, w), dtype=torch.bool)
     x0, y0, x1, y1 = sample.meta.get("valid", (0, 0, w, h))
     valid[y0:y1, x0:x1] = True
-    absent = torch.full((h, w), IGNORE_INDEX, dtype=torch.int64)
-    tags = torch.zeros(num_classes, dtype=torch.float32)
-    if sample.tags is not None:
-        tags[torch.as_tensor(sample.tags, dtype=torch.int64)] = 1.0
+    maps = {
+        name: torch.from_numpy(sample.maps[name].astype(np.int64))
+        if name in sample.maps
+        else torch.full((h, w), fill, dtype=torch.int64)
+        for name, fill in MAP_FILLS.items()
+    }
     return {
         "image_id": sample.image_id,
         "image": torch.from_numpy(np.ascontiguousarray(sample.image.transpose(2, 0, 1))),
-        "mask": absent if sample.mask is None else torch.from_numpy(sample.mask.astype(np.int64)),
-        "scribble": absent if sample.scribble is None else torch.from_numpy(sample.scribble.astype(np.int64)),
-        "blots": absent if sample.blots is None else torch.from_numpy(sample.blots.astype(np.int64)),
-        "regions": torch.full((h, w), NO_REGION, dtype=torch.int64)
-        if sample.regions is None
-        else torch.from_numpy(sample.regions.astype(np.int64)),
-        "points": torch.zeros(0, 3) if sample.points is None else torch.from_numpy(sample.points).float(),
-        "boxes": torch.zeros(0, 5) if sample.boxes is None else torch.from_numpy(sample.boxes).float(),
-        "tags": tags,
+        **maps,
+        **{kind.name: kind.to_tensor(kind.value(sample), num_classes) for kind in table_kinds()},
         "valid": valid,
-        "has": {
-            "mask": sample.mask is not None,
-            "tags": sample.tags is not None,
-            "boxes": sample.boxes is not None,
-            "points": sample.points is not None,
-            "scribbles": sample.scribble is not None,
-        },
+        "has": {name: kind.value(sample) is not None for name, kind in KINDS.items()},
     }
 
 
 def collate(items: list[dict]) -> Batch:
-    """Stack fixed-size entries; keep points and boxes as per-image lists; ``has`` becomes bool tensors."""
-    return {
-        "image_id": [it["image_id"] for it in items],
-        "image": torch.stack([it["image"] for it in items]),
-        "mask": torch.stack([it["mask"] for it in items]),
-        "scribble": torch.stack([it["scribble"] for it in items]),
-        "regions": torch.stack([it["regions"] for it in items]),
-        "blots": torch.stack([it["blots"] for it in items]),
-        "points": [it["points"] for it in items],
-        "boxes": [it["boxes"] for it in items],
-        "tags": torch.stack([it["tags"] for it in items]),
-        "valid": torch.stack([it["valid"] for it in items]),
-        "has": {k: torch.tensor([it["has"][k] for it in items]) for k in items[0]["has"]},
-    }
+    """Stack fixed-size entries; keep image ids and ragged kinds (points, boxes) as per-image lists; ``has`` becomes
+    bool tensors."""
+    lists = {"image_id", *(kind.name for kind in table_kinds() if kind.ragged)}
+    batch: Batch = {}
+    for key, first in items[0].items():
+        if key == "has":
+            batch[key] = {k: torch.tensor([it["has"][k] for it in items]) for k in first}
+        elif key in lists:
+            batch[key] = [it[key] for it in items]
+        else:
+            batch[key] = torch.stack([it[key] for it in items])
+    return batch
 
 
 class PreparedTransform:

@@ -1,4 +1,5 @@
-"""One training/evaluation record: an image, an optional full mask and any subset of weak labels.
+"""One training/evaluation record: an image, its per-pixel maps (a full mask, scribbles, maps methods derive) and
+any subset of the other weak labels.
 
 Coordinate conventions, shared by every reader, simulator and transform:
 
@@ -7,11 +8,13 @@ Coordinate conventions, shared by every reader, simulator and transform:
 * ``boxes``: float32 array N×5 of ``[x0, y0, x1, y1, class_id]`` in continuous coordinates where pixel column c
   spans [c, c+1): a COCO ``[x, y, w, h]`` box is ``[x, y, x+w, y+h]``. Valid boxes have x1 > x0, y1 > y0 and lie in
   [0, W]×[0, H].
-* ``mask`` and ``scribble``: H×W uint8 label maps, 255 = ignore / unlabelled.
 * ``tags``: sorted int64 array of the class ids present (for sets with a background class, background is implied
   and not listed).
-* ``regions``: H×W int32 ids of a low-level over-segmentation (``weakseg.pseudo.oversegment``), −1 = none.
-* ``blots``: H×W uint8 labels grown from the points (PMP's point blots, ``weakseg.pseudo.point_blots``), 255 = none.
+* ``maps``: H×W arrays by name, each registered once with its fill value (:func:`register_map`), the value of
+  augmentation padding and of a map a sample lacks in a batch. Transforms, tensor conversion and collation carry
+  every registered map alike. The label maps ``mask`` and ``scribble`` (uint8, 255 = ignore / unlabelled) are
+  registered with their label kinds (:mod:`weakseg.data.kinds`); methods register the maps they derive, such as
+  ``regions`` (:mod:`weakseg.pseudo.oversegment`) and ``blots`` (:mod:`weakseg.pseudo.point_blots`).
 """
 
 from __future__ import annotations
@@ -22,42 +25,48 @@ import numpy as np
 
 from weakseg.errors import DataError
 
+# The weak-label kinds weakseg simulates and mixes and its methods accept, in their canonical order; each is
+# registered with its reader, validator, transform and tensoriser in weakseg.data.kinds.
 LABEL_KINDS = ("tags", "boxes", "points", "scribbles")
-# File (or folder) names of each kind in a `weakseg derive-labels` output folder.
-LABEL_FILES = {"tags": "tags.json", "boxes": "boxes_coco.json", "points": "points.json", "scribbles": "scribbles"}
-NO_REGION = -1  # ``regions`` outside every region (augmentation padding)
+# Every registered per-pixel map (``Sample.maps``, ``batch[name]``) and its fill value.
+MAP_FILLS: dict[str, int] = {}
+
+
+def register_map(name: str, fill: int) -> None:
+    """Register the per-pixel map ``name`` with its ``fill`` value (padding, and the value where a sample lacks it).
+
+    Registering a map again with the same fill changes nothing; with another fill it is an error.
+    """
+    if MAP_FILLS.setdefault(name, fill) != fill:
+        raise ValueError(f"map {name!r} is registered with fill {MAP_FILLS[name]}, not {fill}")
 
 
 @dataclass
 class Sample:
     image_id: str
     image: np.ndarray  # H×W×3 uint8 RGB
-    mask: np.ndarray | None = None
+    maps: dict[str, np.ndarray] = field(default_factory=dict)  # H×W registered maps by name
     tags: np.ndarray | None = None
     boxes: np.ndarray | None = None
     points: np.ndarray | None = None
-    scribble: np.ndarray | None = None
-    regions: np.ndarray | None = None
-    blots: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unregistered = sorted(self.maps.keys() - MAP_FILLS.keys())
+        if unregistered:
+            raise ValueError(f"maps {unregistered} are not registered (weakseg.data.sample.register_map)")
 
     @property
     def size(self) -> tuple[int, int]:
         """(height, width) of the image."""
         return int(self.image.shape[0]), int(self.image.shape[1])
 
-    def weak_kinds(self) -> tuple[str, ...]:
-        """The weak-label kinds this sample carries, in ``LABEL_KINDS`` order."""
-        present = {
-            "tags": self.tags is not None,
-            "boxes": self.boxes is not None,
-            "points": self.points is not None,
-            "scribbles": self.scribble is not None,
-        }
-        return tuple(k for k in LABEL_KINDS if present[k])
-
     def replace(self, **changes) -> Sample:
         return replace(self, **changes)
+
+    def with_maps(self, **maps: np.ndarray) -> Sample:
+        """A copy with these maps added (or replacing maps of the same name)."""
+        return replace(self, maps={**self.maps, **maps})
 
 
 def sample_classes(sample: Sample, ignore_index: int = 255) -> np.ndarray:
@@ -69,8 +78,8 @@ def sample_classes(sample: Sample, ignore_index: int = 255) -> np.ndarray:
     for table, column in ((sample.boxes, 4), (sample.points, 2)):
         if table is not None:
             found.update(int(c) for c in table[:, column])
-    if sample.scribble is not None:
-        found.update(int(c) for c in np.unique(sample.scribble) if c != ignore_index)
+    if "scribble" in sample.maps:
+        found.update(int(c) for c in np.unique(sample.maps["scribble"]) if c != ignore_index)
     return np.array(sorted(found), dtype=np.int64)
 
 

@@ -32,7 +32,8 @@ from weakseg.data.formats import (
     write_points_json,
     write_tags_json,
 )
-from weakseg.data.sample import LABEL_FILES, LABEL_KINDS, box_pixel_slices, check_image_id, empty_boxes, empty_points
+from weakseg.data.kinds import KINDS
+from weakseg.data.sample import LABEL_KINDS, box_pixel_slices, check_image_id, empty_boxes, empty_points
 from weakseg.errors import ConfigError, DataError
 from weakseg.utils import stable_int
 
@@ -328,7 +329,7 @@ def derive_labels(
             rng = image_rng(protocol.seed, image_id, "scribbles")
             scribble = derive_scribbles(mask, class_set, protocol, rng)
             totals["scribble_pixels"] += int(np.count_nonzero(scribble != class_set.ignore_index))
-            write_label_png(out_dir / "scribbles" / f"{image_id}.png", scribble, class_set.palette_array())
+            write_label_png(out_dir / KINDS["scribbles"].file / f"{image_id}.png", scribble, class_set.palette_array())
 
     n = len(sizes)
     pixels = max(1, totals["pixels"])
@@ -336,16 +337,16 @@ def derive_labels(
     if "tags" in kinds:
         total = int(sum(len(t) for t in tags.values()))
         summary["tags"] = {"total": total, "per_image": total / max(1, n)}
-        write_tags_json(out_dir / "tags.json", {k: v.tolist() for k, v in tags.items()})
+        write_tags_json(out_dir / KINDS["tags"].file, {k: v.tolist() for k, v in tags.items()})
     if "boxes" in kinds:
         total = int(sum(len(b) for b in boxes.values()))
         source = "derived" if given_boxes is None else "given"
         summary["boxes"] = {"total": total, "per_image": total / max(1, n), "source": source}
-        write_coco_boxes(out_dir / "boxes_coco.json", boxes, sizes, class_set.names)
+        write_coco_boxes(out_dir / KINDS["boxes"].file, boxes, sizes, class_set.names)
     if "points" in kinds:
         total = int(sum(len(p) for p in points.values()))
         summary["points"] = {"total": total, "per_image": total / max(1, n), "labelled_pixel_fraction": total / pixels}
-        write_points_json(out_dir / "points.json", points)
+        write_points_json(out_dir / KINDS["points"].file, points)
     if "scribbles" in kinds:
         summary["scribbles"] = {
             "labelled_pixels": totals["scribble_pixels"],
@@ -373,7 +374,7 @@ def mix_labels(source: str | Path, out_dir: str | Path, kinds: Sequence[str], se
     unknown = set(kinds) - set(LABEL_KINDS)
     if unknown or not kinds:
         raise ConfigError(f"kinds must be a non-empty subset of {', '.join(LABEL_KINDS)}, got {list(kinds)}")
-    files = {kind: source / name for kind, name in LABEL_FILES.items() if kind in kinds}
+    files = {kind: source / KINDS[kind].file for kind in LABEL_KINDS if kind in kinds}
     missing = [str(path) for path in files.values() if not path.exists()]
     if missing:
         raise DataError(source, f"mixed labels need {', '.join(missing)}")
@@ -392,20 +393,25 @@ def mix_labels(source: str | Path, out_dir: str | Path, kinds: Sequence[str], se
     assignment = {order[i]: kinds[n % len(kinds)] for n, i in enumerate(rng.permutation(len(order)))}
     chosen = {kind: {i for i, k in assignment.items() if k == kind} for kind in kinds}
     if "tags" in files:
-        write_tags_json(out_dir / "tags.json", {i: tags[i].tolist() for i in sorted(chosen["tags"]) if i in tags})
+        write_tags_json(
+            out_dir / files["tags"].name, {i: tags[i].tolist() for i in sorted(chosen["tags"]) if i in tags}
+        )
     if "points" in files:
-        write_points_json(out_dir / "points.json", {i: points[i] for i in sorted(chosen["points"]) if i in points})
+        write_points_json(
+            out_dir / files["points"].name, {i: points[i] for i in sorted(chosen["points"]) if i in points}
+        )
     if "boxes" in files:
         coco = json.loads(files["boxes"].read_text(encoding="utf-8-sig"))
         keep = {image["id"] for image, stem in zip(coco["images"], boxes, strict=True) if stem in chosen["boxes"]}
-        write_json(out_dir / "boxes_coco.json", {
+        write_json(out_dir / files["boxes"].name, {
             **coco,
             "images": [image for image in coco["images"] if image["id"] in keep],
             "annotations": [a for a in coco["annotations"] if a["image_id"] in keep],
         })  # fmt: skip
     if "scribbles" in files:
-        (out_dir / "scribbles").mkdir(parents=True, exist_ok=True)
+        scribbles = out_dir / files["scribbles"].name
+        scribbles.mkdir(parents=True, exist_ok=True)
         for image_id in sorted(chosen["scribbles"]):
-            shutil.copyfile(files["scribbles"] / f"{image_id}.png", out_dir / "scribbles" / f"{image_id}.png")
+            shutil.copyfile(files["scribbles"] / f"{image_id}.png", scribbles / f"{image_id}.png")
     write_json(out_dir / "mixed.json", {"seed": seed, "kinds": list(kinds), "assignment": assignment})
     return assignment

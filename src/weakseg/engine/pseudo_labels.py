@@ -168,7 +168,7 @@ def make_pseudo_labels(
         if out_dir is not None:
             write_label_png(out_dir / f"{sample.image_id}.png", maps.pseudo.numpy().astype("uint8"), palette)
         if has_masks:
-            mask = torch.from_numpy(sample.mask.astype("int64"))
+            mask = torch.from_numpy(sample.maps["mask"].astype("int64"))
             for name in STAGES:
                 scores[name].update(_dense(getattr(maps, name)), mask)
             keep = maps.pseudo != IGNORE_INDEX

@@ -151,7 +151,7 @@ def _gallery_section(
             cells.append(_jpeg(overlay(sample.image, label, class_set)) if label is not None else "—")
         cells.append(_jpeg(overlay(sample.image, pred.astype(np.int64), class_set)))
         if has_masks:
-            cells.append(_jpeg(overlay(sample.image, sample.mask.astype(np.int64), class_set)))
+            cells.append(_jpeg(overlay(sample.image, sample.maps["mask"].astype(np.int64), class_set)))
         rows.append((html.escape(sample.image_id), *cells))
     legend = " ".join(
         f'<span class="swatch" style="background:rgb{tuple(c)}"></span>{html.escape(n)}'
@@ -176,9 +176,10 @@ def _weak_label_image(sample: Sample, class_set: ClassSet) -> np.ndarray:
     """The image, dimmed, with its scribbles, boxes and points drawn in their class colours and its tags written."""
     palette = class_set.palette_array()
     base = (sample.image.astype(np.float32) * 0.55).astype(np.uint8)
-    if sample.scribble is not None:
-        drawn = sample.scribble != IGNORE_INDEX
-        base[drawn] = palette[sample.scribble[drawn]]
+    if "scribble" in sample.maps:
+        scribble = sample.maps["scribble"]
+        drawn = scribble != IGNORE_INDEX
+        base[drawn] = palette[scribble[drawn]]
     canvas = Image.fromarray(base)
     draw = ImageDraw.Draw(canvas)
     width = max(2, round(max(sample.size) / 150))

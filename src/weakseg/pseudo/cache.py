@@ -1,4 +1,5 @@
-"""Per-image maps a method derives from a training sample once (over-segmentations, point blots), cached on disk."""
+"""Per-image maps a method derives from a training sample once (over-segmentations, point blots), cached on disk and
+added to the sample's registered maps (``Sample.maps``)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from weakseg.data.sample import Sample, check_image_id
 
 
 class SampleMapCache:
-    """Sets ``field`` of each sample to ``compute(sample)``, read from ``folder/<settings hash>/<image id>[-key].png``
-    when there, else computed and written (16-bit PNG, atomically).
+    """Adds the map ``name`` (registered: :func:`~weakseg.data.sample.register_map`) to each sample:
+    ``compute(sample)``, read from ``folder/<settings hash>/<image id>[-key].png`` when there, else computed and
+    written (16-bit PNG, atomically).
 
     One sub-folder per ``settings`` (with its ``settings.json``, ``scope`` included: e.g. the dataset's folder, so two
     datasets with the same image ids never share maps), so changing them never reuses stale maps. ``key(sample)``
@@ -27,18 +29,19 @@ class SampleMapCache:
         self,
         folder: str | Path,
         settings: dict,
-        field: str,
+        name: str,
         compute: Callable[[Sample], np.ndarray],
         *,
         scope: str = "",
         key: Callable[[Sample], str] | None = None,
         offset: int = 0,
     ) -> None:
-        text = json.dumps({**settings, "field": field, "scope": scope}, sort_keys=True)
+        # The settings name the map under "field", as they did when maps were Sample fields: existing caches stay valid.
+        text = json.dumps({**settings, "field": name, "scope": scope}, sort_keys=True)
         self.folder = Path(folder) / hashlib.sha256(text.encode()).hexdigest()[:12]
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "settings.json").write_text(text + "\n")
-        self.field, self.compute, self.key = field, compute, key
+        self.name, self.compute, self.key = name, compute, key
         self.offset = offset  # stored as value + offset (maps with −1 fit a uint16 PNG)
 
     def get(self, sample: Sample) -> np.ndarray:
@@ -51,13 +54,13 @@ class SampleMapCache:
         value = np.asarray(self.compute(sample))
         stored = value.astype(np.int64) + self.offset
         if stored.min() < 0 or stored.max() >= 65536:
-            raise ValueError(f"{self.field} of {sample.image_id}: values do not fit a 16-bit PNG")
+            raise ValueError(f"{self.name} of {sample.image_id}: values do not fit a 16-bit PNG")
         png = Image.fromarray(stored.astype(np.uint16))
         atomic_write(path, lambda f: png.save(f, format="PNG"))
         return value
 
     def __call__(self, sample: Sample) -> Sample:
-        return sample.replace(**{self.field: self.get(sample)})
+        return sample.with_maps(**{self.name: self.get(sample)})
 
 
 def digest(array: np.ndarray | None) -> str:

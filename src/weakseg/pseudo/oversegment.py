@@ -2,7 +2,8 @@
 
 SPML used HED contours + gPb-owt-ucm (MATLAB); we use scikit-image's Felzenszwalb–Huttenlocher graph segmentation or
 SLIC superpixels instead (``benchmarks/oversegmentation.py`` compares them against the voc454 masks). Region maps are
-``H×W`` int32 ids from 0, cached as 16-bit PNGs named after the image id (:class:`SampleMapCache`).
+``H×W`` int32 ids from 0, cached as 16-bit PNGs named after the image id (:class:`SampleMapCache`), carried as the
+map ``regions`` of a sample (``Sample.maps``, ``batch["regions"]``), −1 (``NO_REGION``) outside every region.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from pathlib import Path
 import numpy as np
 from skimage.segmentation import felzenszwalb, slic
 
-from weakseg.data.sample import Sample
+from weakseg.data.sample import Sample, register_map
 from weakseg.errors import ConfigError, DataError
 from weakseg.pseudo.cache import SampleMapCache
 
 METHODS = ("felzenszwalb", "slic")
+NO_REGION = -1  # ``regions`` outside every region (augmentation padding, samples without regions)
+register_map("regions", NO_REGION)
 
 
 @dataclass
@@ -55,7 +58,7 @@ def oversegment(image: np.ndarray, cfg: OversegmentConfig) -> np.ndarray:
 
 
 class RegionCache(SampleMapCache):
-    """Adds ``regions`` to samples, computed once per image, setting and ``scope`` (:class:`SampleMapCache`)."""
+    """Adds the map ``regions`` to samples, computed once per image, setting and ``scope`` (:class:`SampleMapCache`)."""
 
     def __init__(self, folder: str | Path, cfg: OversegmentConfig, scope: str = "") -> None:
         self.cfg = cfg.check()

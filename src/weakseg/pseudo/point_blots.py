@@ -10,7 +10,8 @@
 
 The paper gives no values for the walk, the thresholds or the perturbation ranges; ours are below. The walk runs
 on the image shrunk to ``max_side`` pixels (the direct solver there takes tens of milliseconds) and its
-probabilities are brought back to full size. Deterministic for a seed.
+probabilities are brought back to full size. Deterministic for a seed. A sample carries its blots as the map
+``blots`` (``Sample.maps``, ``batch["blots"]``), ``UNLABELLED`` (255) where it has none.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from PIL import Image
 from skimage.measure import label as connected_components
 from skimage.segmentation import random_walker
 
+from weakseg.data.sample import register_map
 from weakseg.errors import ConfigError
 
 UNLABELLED = 255
+register_map("blots", UNLABELLED)
 
 
 @dataclass
