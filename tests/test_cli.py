@@ -136,6 +136,7 @@ def test_derive_labels_without_root_is_a_clean_error(tmp_path: Path, capsys) -> 
     assert "dataset root" in message
 
 
+@pytest.mark.slow
 def test_train_writes_checkpoints_metrics_and_recipe(trained: Path) -> None:
     for name in ("last.pt", "best.pt", "metrics.json", "recipe.yaml"):
         assert (trained / name).is_file(), name
@@ -145,6 +146,7 @@ def test_train_writes_checkpoints_metrics_and_recipe(trained: Path) -> None:
     assert "pce" in (trained / "recipe.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_eval_writes_metrics(trained: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "m.json"
     assert main(["eval", str(trained / "last.pt"), "--out", str(out), "-q"]) == 0
@@ -207,6 +209,7 @@ def test_unparsable_recipe_file(tmp_path: Path, capsys) -> None:
     assert message.startswith(f"{recipe}: cannot parse recipe")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["override", "recipe-file"])
 def test_scientific_notation_learning_rate_is_accepted(shapes_root: Path, tmp_path: Path, where: str) -> None:
     if where == "override":
@@ -302,6 +305,7 @@ def test_image_with_an_empty_points_list(broken: Path, tmp_path: Path, capsys) -
     assert "image 'shape_0003' has no points labels" in message
 
 
+@pytest.mark.slow
 def test_skip_bad_skips_and_summarises_then_trains(broken: Path, tmp_path: Path, caplog) -> None:
     truncate(broken / "JPEGImages" / "shape_0001.png")
     points = read_points(broken)
@@ -351,6 +355,7 @@ def test_unvalidated_bad_image_is_a_clean_error_with_workers(broken: Path, tmp_p
 # ---------------------------------------------------------------------------- checkpoints and outputs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["garbage", "truncated"])
 def test_corrupt_checkpoint_passed_to_eval(trained: Path, tmp_path: Path, capsys, how: str) -> None:
     bad = tmp_path / "bad.pt"
@@ -379,6 +384,7 @@ def test_unwritable_output_dir_fails_before_training(shapes_root: Path, tmp_path
 # ------------------------------------------------------------------------------------- a real process
 
 
+@pytest.mark.slow
 def test_user_error_in_a_subprocess_is_one_line_exit_2(broken: Path, tmp_path: Path) -> None:
     split = broken / "ImageSets" / "Segmentation" / "train.txt"
     split.write_text(split.read_text() + "shape_9999\n")

@@ -84,6 +84,7 @@ def two_processes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_gather_rows_concatenates_in_rank_order_and_returns_each_process_its_gradient(two_processes: Path) -> None:
     r0, r1 = (torch.load(two_processes / f"gather{r}.pt") for r in range(WORLD))
     expected = torch.cat([torch.full((2, 3), 1.0), torch.full((3, 3), 2.0)])
@@ -185,6 +186,7 @@ def _history(out: Path) -> list[float]:
     return [row["loss"] for row in load_checkpoint(out / "last.pt")["history"] if "loss" in row]
 
 
+@pytest.mark.slow
 def test_two_processes_follow_one_process_and_resume_under_either(shapes: Path, tmp_path: Path) -> None:
     single = Trainer(load_recipe("full", _overrides(shapes, tmp_path / "one")), progress=False)
     single.fit()
@@ -222,6 +224,7 @@ def _eval_worker(rank: int, checkpoint: Path, shapes: Path, out: Path) -> None:
     (out / f"{rank}.json").write_text(json.dumps(metrics))
 
 
+@pytest.mark.slow
 def test_sharded_evaluation_scores_every_image_once(shapes: Path, tmp_path: Path) -> None:
     trainer = Trainer(load_recipe("full", tiny_overrides(shapes, tmp_path / "run", "train.steps=2")), progress=False)
     trainer.fit()
@@ -239,6 +242,7 @@ def test_sharded_evaluation_scores_every_image_once(shapes: Path, tmp_path: Path
 
 
 # ------------------------------------------------------------------------------------------------ torchrun CLI
+@pytest.mark.slow
 def test_torchrun_trains_a_multi_stage_recipe_with_sharded_pseudo_labels(shapes: Path, tmp_path: Path) -> None:
     out = tmp_path / "cam"
     overrides = tiny_overrides(shapes, out, "train.steps=2", "stages.seg.train.steps=2", "pseudo.scales=[1.0]")

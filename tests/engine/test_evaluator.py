@@ -42,6 +42,7 @@ def crf_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     return calls
 
 
+@pytest.mark.slow
 def test_eval_with_crf_returns_metrics(checkpoint: Path, tmp_path: Path, crf_calls: list[dict]) -> None:
     out = tmp_path / "m.json"
     assert main(["eval", str(checkpoint), "eval.crf=true", "eval.crf_iterations=3", "--out", str(out), "-q"]) == 0
@@ -67,6 +68,7 @@ def test_predict_with_crf_writes_label_maps(
     assert crf_calls == [{"iterations": 10}] * 2
 
 
+@pytest.mark.slow
 def test_training_validation_uses_crf_only_when_set(shapes: Path, tmp_path: Path, crf_calls: list[dict]) -> None:
     _fit(shapes, tmp_path / "plain")
     assert crf_calls == []

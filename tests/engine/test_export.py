@@ -83,6 +83,7 @@ def _shapes_images(shapes: Path) -> torch.Tensor:
     return _batch([shapes / "JPEGImages" / f"{i}.png" for i in ids])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_exported_model_matches_pytorch_on_generated_images(
     shapes: Path, checkpoint: Path, exported: dict[str, Path], fmt: str
@@ -92,6 +93,7 @@ def test_exported_model_matches_pytorch_on_generated_images(
     _assert_parity(_run(exported[fmt], fmt, images), _reference(checkpoint, images))
 
 
+@pytest.mark.slow
 @needs_voc454
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_exported_model_matches_pytorch_on_voc_photos(checkpoint: Path, exported: dict[str, Path], fmt: str) -> None:
@@ -123,6 +125,7 @@ def spml_checkpoint(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return _train(shapes, out, "spml-points", f"method_args.region_cache={out / 'regions'}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_a_forward_that_loops_over_the_batch_is_exported_per_image(
     shapes: Path, spml_checkpoint: Path, tmp_path: Path, fmt: str
@@ -178,6 +181,7 @@ def test_bad_arguments_and_checkpoints_are_clear_errors(checkpoint: Path, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.pt"]
 
 
+@pytest.mark.slow
 def test_the_cli_exports_a_run_folder_and_reports_mistakes(
     checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -39,6 +39,7 @@ def _checkpoint_step(path: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(shapes: Path, tmp_path: Path) -> None:
     straight = _train_cli(shapes, tmp_path / "straight")
     killed = _train_cli(shapes, tmp_path / "killed")

@@ -23,6 +23,7 @@ def _pipeline(shapes: Path, out: Path, recipe: str = "cam-tags", *extra: str) ->
     return Pipeline(load_recipe(recipe, tiny_overrides(shapes, out, *PSEUDO_FAST, *extra)), progress=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["cam-tags", "hfpl-boxes"])
 def test_cam_pipeline_end_to_end(shapes: Path, tmp_path: Path, recipe: str) -> None:
     out = tmp_path / recipe
@@ -44,6 +45,7 @@ def test_cam_pipeline_end_to_end(shapes: Path, tmp_path: Path, recipe: str) -> N
     assert result.final_checkpoint == out / "seg" / "last.pt"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["seam-boxes", "ppc-tags", "ppc-hfpl-tags"])
 def test_two_view_learners_run_the_pipeline(shapes: Path, tmp_path: Path, recipe: str) -> None:
     out = tmp_path / recipe
@@ -54,6 +56,7 @@ def test_two_view_learners_run_the_pipeline(shapes: Path, tmp_path: Path, recipe
     assert json.loads((out / "pseudo" / "metrics.json").read_text())["cam_step"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["spml-tags", "spml-boxes"])
 def test_spml_from_tags_and_boxes_trains_on_the_cam_pseudo_labels(shapes: Path, tmp_path: Path, recipe: str) -> None:
     out = tmp_path / recipe
@@ -77,6 +80,7 @@ def test_spml_from_tags_and_boxes_trains_on_the_cam_pseudo_labels(shapes: Path, 
         assert final_checkpoint(out) == out / "seg2" / "last.pt"  # `weakseg eval RUN_DIR` takes the final model
 
 
+@pytest.mark.slow
 def test_spml_trains_from_mixed_supervision(shapes: Path, tmp_path: Path) -> None:
     """Each image carries one kind of label; no per-image handling in the recipe."""
     assignment = mix_labels(shapes / "labels", tmp_path / "mixed", LABEL_KINDS, seed=0)
@@ -103,6 +107,7 @@ def test_seg_stage_trains_on_the_pseudo_labels(shapes: Path, tmp_path: Path) -> 
     assert seg.augment.scale_range != cam.augment.scale_range
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_stages_and_continues_the_unfinished_one(shapes: Path, tmp_path: Path) -> None:
     pipeline = _pipeline(shapes, tmp_path, "cam-tags", "stages.cam.train.steps=4")
     Trainer(pipeline.stage_recipe("cam"), progress=False).fit(until=2)  # interrupted after step 2
@@ -116,6 +121,7 @@ def test_resume_skips_finished_stages_and_continues_the_unfinished_one(shapes: P
     assert again.resumed_stages == ["cam", "pseudo", "seg"]
 
 
+@pytest.mark.slow
 def test_start_at_a_stage_reuses_the_earlier_ones(shapes: Path, tmp_path: Path) -> None:
     _pipeline(shapes, tmp_path, "cam-tags", "stages.cam.train.steps=2").run()
     cam_mtime = (tmp_path / "cam" / "last.pt").stat().st_mtime_ns
@@ -127,6 +133,7 @@ def test_start_at_a_stage_reuses_the_earlier_ones(shapes: Path, tmp_path: Path) 
     assert json.loads((tmp_path / "pseudo" / "metrics.json").read_text())["config"]["pseudo"]["refine"] == "none"
 
 
+@pytest.mark.slow
 def test_until_stops_after_a_stage_and_start_continues(shapes: Path, tmp_path: Path) -> None:
     result = _pipeline(shapes, tmp_path, "cam-tags", "stages.cam.train.steps=2").run(until="pseudo")
     assert list(result.stage_wall_s) == ["cam", "pseudo"] and not (tmp_path / "seg").exists()
@@ -159,6 +166,7 @@ def test_single_stage_methods_write_to_the_output_dir(shapes: Path, tmp_path: Pa
     assert result.final_checkpoint == tmp_path / "last.pt" and "pseudo_labels" not in result.metrics
 
 
+@pytest.mark.slow
 def test_cams_recover_the_objects_of_the_demo_data(tmp_path: Path) -> None:
     """On the demo's shapes, tag-trained CAMs label the training images far better than the filled image, and PAMR
     improves them. The small textured shapes give diffuse CAMs at stride 16 on 160² images, so the background

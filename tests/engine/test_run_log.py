@@ -27,6 +27,7 @@ def _scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+@pytest.mark.slow
 def test_every_logged_row_is_in_the_csv_and_tensorboard(shapes: Path, tmp_path: Path) -> None:
     trainer = _run(shapes, tmp_path)
     rows = read_metrics_csv(tmp_path / CSV_NAME)
@@ -40,6 +41,7 @@ def test_every_logged_row_is_in_the_csv_and_tensorboard(shapes: Path, tmp_path: 
     assert [v for _, v in scalars["loss"]] == pytest.approx(losses, rel=1e-6)  # event files hold float32
 
 
+@pytest.mark.slow
 def test_a_resumed_run_logs_as_one_run(shapes: Path, tmp_path: Path) -> None:
     straight = _run(shapes, tmp_path / "straight")
     _run(shapes, tmp_path / "split", 5)

@@ -32,6 +32,7 @@ def cam_run(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_train_writes_a_report_with_every_section(cam_run: Path) -> None:
     page = (cam_run / REPORT_NAME).read_text()
     for heading in ("Metrics", "Pseudo-labels of the training images", "Per-class IoU", "Confusion matrix",
@@ -44,6 +45,7 @@ def test_train_writes_a_report_with_every_section(cam_run: Path) -> None:
     assert "weak labels (tags)" in page and "pseudo-labels" in page and "http" not in page.split("<body>")[1]
 
 
+@pytest.mark.slow
 def test_report_of_a_single_stage_run_and_of_an_evaluation(shapes: Path, tmp_path: Path) -> None:
     overrides = tiny_overrides(shapes, tmp_path / "run", "train.steps=2")
     Pipeline(load_recipe("pce-points", overrides), progress=False).run()

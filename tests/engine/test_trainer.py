@@ -33,6 +33,7 @@ def test_tiny_end_to_end(shapes: Path, tmp_path: Path, recipe: str) -> None:
 
 
 # spml: its memory bank is in the checkpoint; pmp: its expansion scores and epoch loss
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["pce-points", "spml-points", "pmp-points"])
 def test_resume_continues_exactly(shapes: Path, tmp_path: Path, recipe: str) -> None:
     """train N steps == N/2 steps + resume + N/2 steps: same weights and optimizer state (CPU, deterministic)."""

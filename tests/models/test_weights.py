@@ -160,6 +160,7 @@ def random_lite0() -> torch.nn.Module:
     return timm.create_model(LITE0_TIMM_NAME, pretrained=False).eval()
 
 
+@pytest.mark.slow
 @needs_package
 @needs_voc454
 def test_package_weights_recognise_real_horses(imagenet_lite0: torch.nn.Module, random_lite0: torch.nn.Module) -> None:
@@ -176,6 +177,7 @@ def test_package_weights_recognise_real_horses(imagenet_lite0: torch.nn.Module, 
     assert sum(random_top1) < 0.4 * len(random_logits), "random weights should not recognise horses"
 
 
+@pytest.mark.slow
 @needs_package
 @needs_voc454
 def test_package_weights_recognise_real_cats(imagenet_lite0: torch.nn.Module, random_lite0: torch.nn.Module) -> None:

@@ -120,6 +120,7 @@ def test_lattice_error_against_exact_is_bounded(sigma_xy, sigma_rgb, filter_boun
     assert abs(float((probs * approx).sum() / (probs * exact).sum()) - 1) < loss_bound
 
 
+@pytest.mark.slow
 @needs_voc454
 def test_lattice_error_on_voc_photos_is_bounded():
     """Real photos at 96², σ as the CRF loss at scale 0.5 on 192² images; measured: filter 12.6%, loss −2.5%.

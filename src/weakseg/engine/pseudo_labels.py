@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
@@ -19,7 +18,7 @@ from weakseg.data.formats import write_label_png
 from weakseg.data.sample import Sample, sample_classes
 from weakseg.engine.device import normalize
 from weakseg.engine.metrics import ConfusionMatrix, SegmentationMetrics
-from weakseg.pseudo import PAMR, DenseCRF, RandomWalk
+from weakseg.pseudo import DenseCRF
 from weakseg.pseudo.cam import (
     SEED_THRESHOLDS,
     PseudoLabelConfig,
@@ -33,6 +32,7 @@ from weakseg.pseudo.cam import (
     label_scores,
     max_normalise,
 )
+from weakseg.pseudo.refiners import build_refiner
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,7 @@ class PseudoLabeller:
     def __init__(self, model: torch.nn.Module, class_set: ClassSet, cfg: PseudoLabelConfig, device: torch.device):
         self.model, self.class_set, self.cfg, self.device = model.eval(), class_set, cfg.check(), device
         self.background = class_set.background
-        self.pamr = PAMR()
-        self.random_walk = RandomWalk()
+        self.refine = build_refiner(cfg.refine)
         self.crf = DenseCRF()
 
     def _forward(self, x: Tensor) -> dict:
@@ -98,27 +97,17 @@ class PseudoLabeller:
             ids = torch.tensor(classes, dtype=torch.int64, device=fg.device)
             peak = fg.amax(0).cpu() if classes else torch.zeros(height, width)
             top = ids[fg.argmax(0)].cpu() if classes else torch.zeros(height, width, dtype=torch.int64)
-        refined_fg = self._refine(fg, image, x, region) if classes else fg
+
+        def features() -> Tensor:  # the CAM model's last features, for the refiners that read them
+            return self._forward(x)["features"][-1].float()
+
+        refined_fg = self.refine(fg, image, features, region) if classes else fg
         refined = label_scores(refined_fg, classes, bg, mode, t)
         pseudo = banded_labels(refined_fg, classes, bg, mode, band, t)
         if cfg.crf and classes:
             refined = self._crf(refined_fg, classes, image, mode, t)
             pseudo = torch.where(pseudo == IGNORE_INDEX, pseudo, refined)
         return CamLabels(baseline.cpu(), seed.cpu(), refined.cpu(), pseudo.cpu(), peak, top)
-
-    def _refine(self, fg: Tensor, image: Tensor, x: Tensor, region: Tensor | None) -> Tensor:
-        if self.cfg.refine == "pamr":
-            out = self.pamr(fg[None], image.float())[0]
-        elif self.cfg.refine == "random_walk":
-            features = self._forward(x)["features"][-1].float()
-            coarse = F.adaptive_avg_pool2d(fg[None], features.shape[-2:])
-            walked = self.random_walk(coarse, features)
-            out = F.interpolate(walked, fg.shape[-2:], mode="bilinear", align_corners=False)[0]
-        else:
-            return fg
-        if region is not None:
-            out = out * region
-        return max_normalise(out) if self.cfg.refine == "random_walk" else out
 
     def _crf(self, fg: Tensor, classes: list[int], image: Tensor, mode: str, t: float) -> Tensor:
         stack = torch.cat([background_score(fg, mode, t), fg], dim=0).clamp_min(1e-5)

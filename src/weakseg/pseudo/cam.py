@@ -19,9 +19,9 @@ from torch import Tensor
 from weakseg.data.classes import IGNORE_INDEX
 from weakseg.data.sample import box_pixel_slices
 from weakseg.errors import ConfigError
+from weakseg.pseudo.refiners import REFINERS
 
 BACKGROUNDS = ("threshold", "power")
-REFINERS = ("none", "pamr", "random_walk")
 
 
 @dataclass
@@ -35,7 +35,7 @@ class PseudoLabelConfig:
     ignore_band: tuple[float, float] | None = (0.05, 0.30)  # label with both t; pixels where they disagree: ignore
     box_threshold: float = 0.5  # box-CAM: normalised CAM ≥ threshold inside a box → its class (SPML)
     box_ignore_band: tuple[float, float] | None = None
-    refine: str = "pamr"  # none | pamr | random_walk (on the CAM model's features)
+    refine: str = "pamr"  # a registered refiner (weakseg.pseudo.refiners): none | pamr | random_walk
     crf: bool = False  # relabel the confident pixels with a dense CRF (weakseg.pseudo.DenseCRF)
 
     def check(self) -> PseudoLabelConfig:

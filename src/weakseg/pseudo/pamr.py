@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from weakseg.pseudo.refiners import CamRefiner, register_refiner, within
+
 
 def neighbour_offsets(dilations: tuple[int, ...]) -> list[tuple[int, int]]:
     """The ``(dy, dx)`` offsets of the 3×3 window minus its centre, for each dilation in turn (8 per dilation)."""
@@ -85,3 +87,10 @@ class PAMR:
             for dy, dx in neighbour_offsets(self.dilations)
         ]
         return torch.stack(logits, 1).softmax(1)
+
+
+@register_refiner("pamr")
+def pamr_refiner() -> CamRefiner:
+    """CAM refinement by PAMR on the image's colours, within the boxes' region."""
+    refine = PAMR()
+    return lambda scores, image, features, region: within(refine(scores[None], image.float())[0], region)

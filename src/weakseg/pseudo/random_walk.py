@@ -7,11 +7,15 @@ One convention throughout, the references': ``A`` symmetric, ``T = A / colsum(A)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from weakseg.pseudo.cam import max_normalise
+from weakseg.pseudo.refiners import CamRefiner, register_refiner, within
 
 
 def negligible(dtype: torch.dtype) -> float:
@@ -174,3 +178,18 @@ class RandomWalk:
                 trans = transition(affinity(emb[i : i + 1], self.gamma, self.beta, inside)[0])
                 out[i] = walk(x[i].reshape(k, h * w), trans, self.log2_steps).reshape(k, h, w)
         return out.to(scores.dtype)
+
+
+@register_refiner("random_walk")
+def random_walk_refiner() -> CamRefiner:
+    """CAM refinement by the random walk on the CAM model's features: the scores pooled to the features' grid,
+    walked, upsampled, kept within the boxes' region and max-normalised."""
+    walk = RandomWalk()
+
+    def refine(scores: Tensor, image: Tensor, features: Callable[[], Tensor], region: Tensor | None) -> Tensor:
+        embedding = features()
+        walked = walk(F.adaptive_avg_pool2d(scores[None], embedding.shape[-2:]), embedding)
+        upsampled = F.interpolate(walked, scores.shape[-2:], mode="bilinear", align_corners=False)[0]
+        return max_normalise(within(upsampled, region))
+
+    return refine
