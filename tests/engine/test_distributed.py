@@ -27,7 +27,7 @@ from weakseg.engine.evaluator import evaluate
 from weakseg.engine.recipe import load_recipe
 from weakseg.engine.trainer import Trainer
 from weakseg.losses.ppc import PixelPrototypeContrastLoss, cam_assignments, estimate_prototypes
-from weakseg.losses.spml import PixelSegmentContrastLoss
+from weakseg.losses.spml import FeatureAffinity, PixelSegmentContrastLoss
 
 WORLD = 2
 
@@ -116,7 +116,7 @@ def _ppc(views, present, images: slice):
     protos, exists = estimate_prototypes(
         pixels, labels.reshape(-1), confidence.permute(0, 2, 3, 1).reshape(pixels.shape[0], -1), top_k=5
     )
-    loss = PixelPrototypeContrastLoss(top_k=5, sampling=False)(emb, scores, present[images])
+    loss, _ = PixelPrototypeContrastLoss(top_k=5, sampling=False)(emb, scores, present[images])
     loss.backward()
     return protos, exists, loss.detach(), [e.grad for e in emb]
 
@@ -149,13 +149,13 @@ def _spml_inputs():
 
 
 def _spml(images: slice):
-    loss_fn = PixelSegmentContrastLoss(affinity=PixelSegmentContrastLoss().relations["cooccurrence"], grid=(2, 2))
+    loss_fn = PixelSegmentContrastLoss(affinity=FeatureAffinity(0.5, 8.0), grid=(2, 2))  # co-occurrence's λ, κ
     out = []
     for e, labels, regions, tags in _spml_inputs():
         e = e[images].clone().requires_grad_()
-        loss = loss_fn(e, labels[images], regions[images], tags[images])
+        loss, terms = loss_fn(e, labels[images], regions[images], tags[images])
         loss.backward()
-        out.append((loss.detach(), e.grad, {k: v for k, v in loss_fn.last_terms.items()}))
+        out.append((loss.detach(), e.grad, terms))
     return out
 
 

@@ -67,7 +67,7 @@ def test_spml_from_tags_and_boxes_trains_on_the_cam_pseudo_labels(shapes: Path, 
     assert load_checkpoint(out / "cam" / "last.pt")["recipe"]["method"] == "cam"
     seg = load_checkpoint(out / "seg" / "last.pt")
     assert seg["recipe"]["method"] == "spml" and seg["recipe"]["data"]["train_masks"].endswith("pseudo/labels")
-    assert any(k.startswith("heads.embedding.") for k in seg["model"]) and len(seg["method"]["bank"]) == 2
+    assert any(k.startswith("heads.embedding.") for k in seg["model"]) and len(seg["method"]["bank._extra_state"]) == 2
     assert 0 <= result.metrics["miou"] <= 1 and "seed" in result.metrics["pseudo_labels"]
     if two_rounds:
         assert len(list((out / "relabel" / "labels").glob("*.png"))) == 8

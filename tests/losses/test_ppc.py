@@ -255,7 +255,7 @@ def test_loss_matches_the_loop_values_and_gradients(mining) -> None:
     scores = [s + 3 for s in scores]  # no ties in the confidences (the top-K of tied pixels is arbitrary)
     embeddings = [e.requires_grad_() for e in embeddings]
     loss_fn = PixelPrototypeContrastLoss(alpha=0.1, beta=0.3, top_k=3, background=0.6, mining=mining, sampling=False)
-    loss = loss_fn(tuple(embeddings), tuple(scores), present, (valid, valid))
+    loss, _ = loss_fn(tuple(embeddings), tuple(scores), present, (valid, valid))
     loss.backward()
     mirror = [e.detach().clone().requires_grad_() for e in embeddings]
     want = loop_ppc(mirror, scores, present, valid, 0.1, 0.3, 0.1, 3, 0.6, mining)
@@ -268,19 +268,29 @@ def test_loss_matches_the_loop_values_and_gradients(mining) -> None:
 def test_terms_switch_off_for_the_ablation_rows() -> None:
     embeddings, scores, present, _ = _views(5)
     loss_fn = PixelPrototypeContrastLoss(mining=None, sampling=False)
-    total = loss_fn(tuple(embeddings), tuple(scores), present)
-    full = loss_fn.last_terms
-    assert not full.total.requires_grad and torch.equal(full.total, total.detach())
+    total, full = loss_fn(tuple(embeddings), tuple(scores), present)
+    assert not any(term.requires_grad for term in (full.cross_prototype, full.cross_cam, full.intra))
     assert full.cross_prototype > 0 and full.cross_cam > 0 and full.intra > 0
-    torch.testing.assert_close(full.total, 0.1 * (full.cross_prototype + full.cross_cam) + 0.1 * full.intra)
-    only_cp = PixelPrototypeContrastLoss(cross_cam=False, intra=False)(tuple(embeddings), tuple(scores), present)
+    torch.testing.assert_close(total.detach(), 0.1 * (full.cross_prototype + full.cross_cam) + 0.1 * full.intra)
+    only_cp, _ = PixelPrototypeContrastLoss(cross_cam=False, intra=False)(tuple(embeddings), tuple(scores), present)
     torch.testing.assert_close(only_cp, 0.1 * full.cross_prototype)
+
+
+def test_terms_are_returned_and_nothing_is_left_on_the_module() -> None:
+    embeddings, scores, present, _ = _views(5)
+    loss_fn = PixelPrototypeContrastLoss()
+    attributes = dict(vars(loss_fn))
+    total, terms = loss_fn(tuple(e.requires_grad_() for e in embeddings), tuple(scores), present)
+    assert vars(loss_fn).keys() == attributes.keys() and all(vars(loss_fn)[k] is v for k, v in attributes.items())
+    assert total.requires_grad
+    assert not any(t.requires_grad for t in (terms.cross_prototype, terms.cross_cam, terms.intra))
 
 
 def test_sampled_intra_term_is_the_weighted_per_pixel_loss() -> None:
     embeddings, scores, present, valid = _views(6)
     loss_fn = PixelPrototypeContrastLoss(alpha=0.0, beta=1.0, cross_prototype=False, cross_cam=False, mining=None)
-    got = loss_fn(tuple(embeddings), tuple(scores), present, (valid, valid), generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    got, _ = loss_fn(tuple(embeddings), tuple(scores), present, (valid, valid), generator=generator)
     g = torch.Generator().manual_seed(0)
     want = 0.0
     for v, s in zip(embeddings, scores, strict=True):

@@ -3,6 +3,7 @@ positive / negative sets, the loss and its gradients, the memory bank."""
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -12,9 +13,12 @@ import torch.nn.functional as F
 
 from weakseg.losses.spml import (
     UNLABELLED,
+    FeatureAffinity,
+    ImageSimilarity,
     PixelSegmentContrastLoss,
-    Relation,
     SegmentSets,
+    SemanticAnnotation,
+    SemanticCooccurrence,
     grid_labels,
     segment_contrast,
     segment_means,
@@ -268,15 +272,15 @@ def loop_loss(e, labels, regions, tags, relations, bank=()):
 def test_relations_match_their_sets_written_out(tags: list) -> None:
     e, labels, regions, _ = _batch()
     tags = torch.tensor(tags)
-    relations = {"similarity": Relation(0.1, 16.0), "annotation": Relation(1.0, 6.0),
-                 "cooccurrence": Relation(0.5, 8.0)}  # fmt: skip
+    relations = {"similarity": ImageSimilarity(0.1, 16.0), "annotation": SemanticAnnotation(1.0, 6.0),
+                 "cooccurrence": SemanticCooccurrence(0.5, 8.0)}  # fmt: skip
     loss_fn = PixelSegmentContrastLoss(**relations, grid=(1, 1), iterations=2)
     e1 = e.clone().requires_grad_()
-    total = loss_fn(e1, labels, regions, tags)
+    total, terms = loss_fn(e1, labels, regions, tags)
     e2 = e.clone().requires_grad_()
     want, memory = loop_loss(e2, labels, regions, tags, relations)
     for name in ("similarity", "annotation", "cooccurrence"):
-        torch.testing.assert_close(loss_fn.last_terms[name], want[name].detach(), msg=name)
+        torch.testing.assert_close(terms[name], want[name].detach(), msg=name)
     want_total = sum(relations[k].weight * v for k, v in want.items())
     torch.testing.assert_close(total, want_total)
     total.backward()
@@ -286,10 +290,10 @@ def test_relations_match_their_sets_written_out(tags: list) -> None:
     # Second batch: the first one's segments are in the memory bank (annotation and co-occurrence sets).
     e_next = F.normalize(e.flip(-1) + 0.3, dim=1)
     swapped = labels.flip(0), regions.flip(0), tags.flip(0)  # another batch: images in the other order
-    total = loss_fn(e_next, *swapped)
+    _, terms = loss_fn(e_next, *swapped)
     want, _ = loop_loss(e_next, *swapped, relations, bank=[memory])
     for name in ("similarity", "annotation", "cooccurrence"):
-        torch.testing.assert_close(loss_fn.last_terms[name], want[name], msg=f"{name} with memory")
+        torch.testing.assert_close(terms[name], want[name], msg=f"{name} with memory")
 
 
 def test_memory_bank_keeps_the_last_iterations_detached() -> None:
@@ -297,20 +301,61 @@ def test_memory_bank_keeps_the_last_iterations_detached() -> None:
     loss_fn = PixelSegmentContrastLoss(grid=(2, 2), memory=2)
     for _ in range(3):
         loss_fn(e.clone().requires_grad_(), labels, regions, tags)
-    assert len(loss_fn.bank) == 2 and not any(m[0].requires_grad for m in loss_fn.bank)
+    entries = loss_fn.bank.entries
+    assert len(entries) == 2 and not any(m.prototypes.requires_grad for m in entries)
+
+
+def test_memory_bank_travels_in_the_state_dict() -> None:
+    """Saved, read back with ``weights_only=True`` and loaded into a fresh loss, the bank gives the next batch the
+    same loss, terms and gradient as the loss that filled it."""
+    e, labels, regions, tags = _batch()
+
+    def build() -> PixelSegmentContrastLoss:
+        return PixelSegmentContrastLoss(affinity=FeatureAffinity(0.5, 6.0), grid=(2, 2), memory=2)
+
+    loss_fn = build()
+    for step in range(3):
+        loss_fn(F.normalize(e + 0.2 * step, dim=1), labels, regions, tags)
+    saved = io.BytesIO()
+    torch.save(loss_fn.state_dict(), saved)
+    saved.seek(0)
+    fresh = build()
+    fresh.load_state_dict(torch.load(saved, weights_only=True))
+    assert len(fresh.bank.entries) == 2
+    e_next = F.normalize(e.flip(-1) + 0.3, dim=1)
+    batch = labels.flip(0), regions.flip(0), tags.flip(0)
+    e1, e2 = e_next.clone().requires_grad_(), e_next.clone().requires_grad_()
+    (want, want_terms), (got, got_terms) = loss_fn(e1, *batch), fresh(e2, *batch)
+    assert torch.equal(got, want) and all(torch.equal(got_terms[k], v) for k, v in want_terms.items())
+    want.backward()
+    got.backward()
+    assert torch.equal(e2.grad, e1.grad)
+    assert not torch.equal(build()(e_next, *batch)[0], want)  # an empty bank gives another loss
+
+
+def test_terms_are_returned_and_nothing_is_left_on_the_module() -> None:
+    e, labels, regions, tags = _batch()
+    loss_fn = PixelSegmentContrastLoss(grid=(2, 2))
+    attributes = dict(vars(loss_fn))
+    total, terms = loss_fn(e.clone().requires_grad_(), labels, regions, tags)
+    assert vars(loss_fn).keys() == attributes.keys() and all(vars(loss_fn)[k] is v for k, v in attributes.items())
+    assert set(terms) == set(loss_fn.relations) and not any(t.requires_grad for t in terms.values())
+    assert total.requires_grad
+    torch.testing.assert_close(total.detach(), sum(r.weight * terms[k] for k, r in loss_fn.relations.items()))
 
 
 def test_feature_affinity_labels_unlabelled_segments_by_their_nearest_labelled_one() -> None:
     prototypes = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.2, 0.8]])
     labels = torch.tensor([3, 5, UNLABELLED, UNLABELLED])
-    assert PixelSegmentContrastLoss._propagate(F.normalize(prototypes, dim=1), labels).tolist() == [3, 5, 3, 5]
+    assert FeatureAffinity.propagate(F.normalize(prototypes, dim=1), labels).tolist() == [3, 5, 3, 5]
 
 
 def test_affinity_term_runs_and_contrasts_every_pixel_of_a_labelled_segment() -> None:
     e, labels, regions, tags = _batch()
-    loss_fn = PixelSegmentContrastLoss(Relation(0, 1), Relation(0, 1), Relation(0, 1), Relation(1.0, 6.0), grid=(1, 1))
-    value = loss_fn(e.clone().requires_grad_(), labels, regions, tags)
-    assert value > 0 and loss_fn.last_terms["annotation"] == 0
+    off = ImageSimilarity(0, 1), SemanticAnnotation(0, 1), SemanticCooccurrence(0, 1)
+    loss_fn = PixelSegmentContrastLoss(*off, FeatureAffinity(1.0, 6.0), grid=(1, 1))
+    value, terms = loss_fn(e.clone().requires_grad_(), labels, regions, tags)
+    assert value > 0 and terms["annotation"] == 0
 
 
 def test_padding_is_in_no_segment() -> None:
@@ -320,17 +365,17 @@ def test_padding_is_in_no_segment() -> None:
     loss_fn = PixelSegmentContrastLoss(grid=(1, 1))
     segments = loss_fn.segment(e, labels, regions, valid)
     assert (segments.index.reshape(2, 4, 4)[:, :, 3] == UNLABELLED).all()
-    assert torch.isfinite(loss_fn(e, labels, regions, tags, valid))
+    assert torch.isfinite(loss_fn(e, labels, regions, tags, valid)[0])
 
 
 def test_pixel_sampling_counts_that_many_pixels_per_image() -> None:
     e, labels, regions, tags = _batch()
-    every = PixelSegmentContrastLoss(grid=(1, 1))(e, labels, regions, tags)
-    all_of_them = PixelSegmentContrastLoss(grid=(1, 1), pixels_per_image=16)(e, labels, regions, tags)
+    every, _ = PixelSegmentContrastLoss(grid=(1, 1))(e, labels, regions, tags)
+    all_of_them, _ = PixelSegmentContrastLoss(grid=(1, 1), pixels_per_image=16)(e, labels, regions, tags)
     torch.testing.assert_close(all_of_them, every)  # 16 = every pixel of a 4×4 image
     loss_fn = PixelSegmentContrastLoss(grid=(1, 1), pixels_per_image=3)
     chosen = loss_fn._sample(torch.tensor([0] * 10 + [1] * 2), 2)
     assert chosen.tolist()[-2:] == [10, 11] and len(chosen) == 5 and (chosen[:3] < 10).all()
-    assert torch.isfinite(loss_fn(e, labels, regions, tags))
+    assert torch.isfinite(loss_fn(e, labels, regions, tags)[0])
     with pytest.raises(ValueError, match="pixels_per_image"):
         PixelSegmentContrastLoss(pixels_per_image=0)

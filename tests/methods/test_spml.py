@@ -96,10 +96,10 @@ def test_memory_bank_travels_in_the_method_state() -> None:
     for _ in range(3):
         method.loss(model(torch.randn(2, 3, 64, 64)), _batch())
     state = method.state_dict()
-    assert len(state["bank"]) == 2
+    assert len(state["bank._extra_state"]) == 2
     _, fresh = _spml()
     fresh.load_state_dict(state)
-    for got, want in zip(fresh.contrast.bank, method.contrast.bank, strict=True):
+    for got, want in zip(fresh.contrast.bank.entries, method.contrast.bank.entries, strict=True):
         for a, b in zip(got, want, strict=True):
             assert torch.equal(a, b)
 

@@ -7,7 +7,8 @@
 * :func:`prototype_contrast` — ``F(v_i; y_i; P) = −log softmax_c(v_i·p_c/τ)[y_i]`` (eq. 4), optionally over the
   positive and the semi-hard negatives only (prototype mining, §3.5).
 * :func:`hard_pixel_weights` — per class, a random half of its pixels plus its 10%–60% least similar (§3.5).
-* :class:`PixelPrototypeContrastLoss` — ``α·L_cross + β·L_intra`` (eqs. 1, 6–9) for two views on one grid.
+* :class:`PixelPrototypeContrastLoss` — ``α·L_cross + β·L_intra`` (eqs. 1, 6–9) for two views on one grid, returned
+  with its terms (:class:`ContrastTerms`).
 
 Classes are indexed ``0..C−1`` for the foreground score maps the caller passes and ``C`` for the background.
 """
@@ -158,11 +159,10 @@ def hard_pixel_weights(
     return torch.where(usable, (take_random + take_hard) / selected.clamp_min(1) / classes, 0.0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ContrastTerms:
-    """The loss and its terms, detached."""
+    """The terms of the loss, detached: a fixed set, each read by name for logging."""
 
-    total: torch.Tensor  # α·(L^cp + L^cc) + β·L^intra (eq. 1)
     cross_prototype: torch.Tensor  # L^cp (eq. 6), mean over both views
     cross_cam: torch.Tensor  # L^cc (eq. 7), mean over both views
     intra: torch.Tensor  # L^intra (eq. 9), mean over both views
@@ -211,7 +211,6 @@ class PixelPrototypeContrastLoss(nn.Module):
         self.use = {"cross_prototype": cross_prototype, "cross_cam": cross_cam, "intra": intra}
         self.mining, self.sampling = mining, sampling
         self.random_fraction, self.hard_range = random_fraction, hard_range
-        self.last_terms: ContrastTerms | None = None
 
     def forward(
         self,
@@ -220,8 +219,8 @@ class PixelPrototypeContrastLoss(nn.Module):
         present: torch.Tensor,
         valid: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
         generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """The total; its detached terms are left in ``last_terms`` for logging."""
+    ) -> tuple[torch.Tensor, ContrastTerms]:
+        """The total ``α·(L^cp + L^cc) + β·L^intra`` (eq. 1), and its terms, detached."""
         if embeddings[0].shape != embeddings[1].shape or embeddings[0].shape[-2:] != scores[0].shape[-2:]:
             raise ValueError("both views' embeddings and scores must be sampled on one grid")
         views = []
@@ -248,8 +247,7 @@ class PixelPrototypeContrastLoss(nn.Module):
                 else:
                     intra = intra + _mean(loss, counts) / 2
         total = self.alpha * (cp + cc) + self.beta * intra
-        self.last_terms = ContrastTerms(*(t.detach() for t in (total, cp, cc, intra)))
-        return total
+        return total, ContrastTerms(cp.detach(), cc.detach(), intra.detach())
 
 
 def _mean(loss: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

@@ -6,15 +6,19 @@
 * :func:`segment_means` — a segment's feature: the L2-normalised mean of its pixels' embeddings.
 * :func:`segment_contrast` — ``−log Σ_{C⁺} exp(κ e·μ) / Σ_{C⁺ ∪ C⁻} exp(κ e·μ)`` summed over pixels, the pixel's own
   segment left out of ``C⁺`` unless it is the only positive (SegSort+, paper eq. 3), with its gradient in one pass.
-* :class:`PixelSegmentContrastLoss` — the four relations of SPML (low-level image similarity, semantic annotation,
-  semantic co-occurrence, feature affinity) weighted and summed (eq. 4), with a memory bank of the last iterations'
-  segments.
+* :class:`ImageSimilarity`, :class:`SemanticAnnotation`, :class:`SemanticCooccurrence`, :class:`FeatureAffinity` —
+  the four relations of SPML (:class:`Relation`: a weight and a concentration, and its positive and negative sets).
+* :class:`SegmentMemoryBank` — the last iterations' segments, a module whose ``state_dict()`` holds them.
+* :class:`PixelSegmentContrastLoss` — the relations weighted and summed (eq. 4), returned with each relation's term.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass
+from functools import cached_property
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -248,10 +252,185 @@ def _contrast_sum(
     return total, d_e, d_p
 
 
+class SegmentBatch(NamedTuple):
+    """The segments of one (global) batch: features ``S×D``, labels ``S`` (``UNLABELLED`` = −1), the classes of its
+    images ``I×C`` (bool) and the image of each segment ``S`` (in ``0…I−1``)."""
+
+    prototypes: torch.Tensor
+    labels: torch.Tensor
+    tags: torch.Tensor
+    images: torch.Tensor
+
+
+class SegmentMemoryBank(nn.Module):
+    """SPML's memory bank: the segments of the last ``iterations`` batches, detached.
+
+    A module, so that its owner's ``state_dict()`` carries it: the entries, whose sizes vary from batch to batch (no
+    fixed-shape buffer holds them), are its extra state, a list of dicts of tensors that
+    ``torch.load(weights_only=True)`` reads back.
+    """
+
+    def __init__(self, iterations: int) -> None:
+        super().__init__()
+        self.entries: deque[SegmentBatch] = deque(maxlen=iterations)
+
+    def recall(self, batch: SegmentBatch) -> SegmentBatch:
+        """The bank's segments as one batch that follows ``batch``: features in its dtype, without gradient, and
+        images numbered on from its images."""
+        images, offset = [], batch.tags.shape[0]
+        for entry in self.entries:
+            images.append(entry.images + offset)
+            offset += entry.tags.shape[0]
+        dtype = batch.prototypes.dtype
+        return SegmentBatch(
+            torch.cat([batch.prototypes[:0].detach(), *(entry.prototypes.to(dtype) for entry in self.entries)]),
+            torch.cat([batch.labels[:0], *(entry.labels for entry in self.entries)]),
+            torch.cat([batch.tags[:0], *(entry.tags for entry in self.entries)]),
+            torch.cat([batch.images[:0], *images]),
+        )
+
+    def append(self, batch: SegmentBatch) -> None:
+        """Keep ``batch``'s segments, detached; the oldest iteration's go when the bank is full."""
+        self.entries.append(batch._replace(prototypes=batch.prototypes.detach()))
+
+    def get_extra_state(self) -> list[dict[str, torch.Tensor]]:
+        """The entries, oldest first, as dicts of tensors (what ``state_dict()`` holds)."""
+        return [entry._asdict() for entry in self.entries]
+
+    def set_extra_state(self, state: list[dict[str, torch.Tensor]]) -> None:
+        """Restore what :meth:`get_extra_state` returned."""
+        self.entries.clear()
+        self.entries.extend(SegmentBatch(**entry) for entry in state)
+
+
 @dataclass
-class Relation:
+class RelationInputs:
+    """What SPML's relations read, built once per batch by :meth:`PixelSegmentContrastLoss.forward`: the pixels whose
+    loss counts, this process's segments, and the global batch's segments followed by the memory bank's."""
+
+    pixels: torch.Tensor  # N×D: the embeddings of the pixels whose loss counts
+    located: torch.Tensor  # N×(D+2): the same with their location (image similarity)
+    own: torch.Tensor  # N: each pixel's segment among this process's
+    own_global: torch.Tensor  # N: each pixel's segment among the global batch's
+    pixel_image: torch.Tensor  # N: each pixel's image in this process's batch
+    pixel_labels: torch.Tensor  # N: each pixel's label (UNLABELLED = −1)
+    segments: Segments  # this process's segments
+    located_prototypes: torch.Tensor  # S×(D+2): their features with location
+    tags: torch.Tensor  # B×C: the classes of this process's images
+    first_image: int  # this process's first image among the global batch's
+    batch: SegmentBatch  # the global batch's segments (every process's, features with gradient)
+    memory: SegmentBatch  # the memory bank's, images numbered on from the batch's
+
+    @property
+    def images(self) -> int:
+        """This process's images."""
+        return self.tags.shape[0]
+
+    @cached_property
+    def labels(self) -> torch.Tensor:
+        """The label of every segment: the batch's, then the bank's."""
+        return torch.cat([self.batch.labels, self.memory.labels])
+
+    @cached_property
+    def image_tags(self) -> torch.Tensor:
+        """The classes of every image: the batch's, then the bank's."""
+        return torch.cat([self.batch.tags, self.memory.tags])
+
+    @cached_property
+    def segment_image(self) -> torch.Tensor:
+        """The image of every segment: the batch's, then the bank's."""
+        return torch.cat([self.batch.images, self.memory.images])
+
+
+@dataclass(frozen=True)
+class Relation(ABC):
+    """One of SPML's pixel-to-segment relations: its weight ``λ`` in the total (eq. 4) and the concentration ``κ``
+    of its contrast (eq. 3)."""
+
     weight: float
     concentration: float
+
+    @abstractmethod
+    def summed_loss(self, inputs: RelationInputs) -> tuple[torch.Tensor, int]:
+        """``Σ_i L(i)`` (eq. 3) over the pixels the relation contrasts, and how many pixels that is."""
+
+
+class ImageSimilarity(Relation):
+    """Low-level image similarity, image by image on the location-augmented embeddings: ``C⁺`` the segments of the
+    pixel's over-segmentation region, ``C⁻`` the other segments of its image. Every pixel counts."""
+
+    def summed_loss(self, inputs: RelationInputs) -> tuple[torch.Tensor, int]:
+        return sum(self._image_loss(inputs, image) for image in range(inputs.images)), inputs.pixels.shape[0]
+
+    def _image_loss(self, inputs: RelationInputs, image: int) -> torch.Tensor:
+        """One image's pixels' sum: groups are its regions, a pixel's kind is its own region."""
+        segments, pixel_in = inputs.segments, inputs.pixel_image == image
+        index = (segments.batch == image).nonzero()[:, 0]  # this image's segments, in order
+        local = torch.full_like(segments.batch, -1)
+        local[index] = torch.arange(index.shape[0], device=index.device)
+        _, group = torch.unique(segments.keys[2][index], return_inverse=True)
+        own_local = local[inputs.own[pixel_in]]
+        same = torch.eye(int(group.max()) + 1 if group.numel() else 0, dtype=torch.bool, device=group.device)
+        sets = SegmentSets(group, group[own_local], same, ~same)
+        prototypes = inputs.located_prototypes[index]
+        return segment_contrast(inputs.located[pixel_in], own_local, prototypes, sets, self.concentration)
+
+
+class SemanticAnnotation(Relation):
+    """Semantic annotation: labelled pixels against the labelled segments of the batch and the memory bank; ``C⁺``
+    those of the pixel's label, ``C⁻`` those of other labels; unlabelled segments are left out. Groups and kinds
+    are labels (+1: 0 = unlabelled)."""
+
+    def labels(self, inputs: RelationInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The label of every segment (the batch's, then the bank's) and of every pixel whose loss counts."""
+        return inputs.labels, inputs.pixel_labels
+
+    def summed_loss(self, inputs: RelationInputs) -> tuple[torch.Tensor, int]:
+        targets, wanted = self.labels(inputs)
+        rows = wanted >= 0
+        k = int(max(targets.max(), wanted.max())) + 2
+        labelled = torch.arange(k, device=inputs.own.device) > 0
+        same = torch.eye(k, dtype=torch.bool, device=inputs.own.device) & labelled[None]
+        sets = SegmentSets(targets + 1, wanted[rows] + 1, same, labelled[None] & labelled[:, None] & ~same)
+        total = segment_contrast(inputs.pixels[rows], inputs.own_global[rows], inputs.batch.prototypes, sets,
+                                 self.concentration, inputs.memory.prototypes)  # fmt: skip
+        return total, int(rows.sum())
+
+
+class FeatureAffinity(SemanticAnnotation):
+    """Feature affinity: every unlabelled segment takes the label of its most similar labelled segment, and every
+    pixel of a labelled segment then contrasts as in :class:`SemanticAnnotation` (weight 0 by default: the reference
+    code builds it but never calls it)."""
+
+    def labels(self, inputs: RelationInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The propagated label of every segment, and of every pixel whose loss counts: its segment's."""
+        targets = self.propagate(torch.cat([inputs.batch.prototypes, inputs.memory.prototypes]), inputs.labels)
+        return targets, targets[inputs.own_global]
+
+    @staticmethod
+    def propagate(prototypes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Each unlabelled segment takes the label of its most similar labelled segment."""
+        labelled = labels >= 0
+        if not labelled.any():
+            return labels
+        with torch.no_grad():
+            nearest = (prototypes.detach() @ prototypes.detach()[labelled].T).argmax(1)
+        return torch.where(labelled, labels, labels[labelled][nearest])
+
+
+class SemanticCooccurrence(Relation):
+    """Semantic co-occurrence: every pixel against every segment of the batch and the memory bank; ``C⁺`` the
+    segments of images sharing a tag with the pixel's image (all of its own image's), ``C⁻`` the others. Groups are
+    images, a pixel's kind is its image."""
+
+    def summed_loss(self, inputs: RelationInputs) -> tuple[torch.Tensor, int]:
+        b, first = inputs.images, inputs.first_image
+        shared = (inputs.tags.float() @ inputs.image_tags.float().T) > 0  # B × images
+        shared[:, first : first + b] |= torch.eye(b, dtype=torch.bool, device=inputs.own.device)
+        sets = SegmentSets(inputs.segment_image, inputs.pixel_image, shared, ~shared)
+        total = segment_contrast(inputs.pixels, inputs.own_global, inputs.batch.prototypes, sets, self.concentration,
+                                 inputs.memory.prototypes)  # fmt: skip
+        return total, inputs.pixels.shape[0]
 
 
 class PixelSegmentContrastLoss(nn.Module):
@@ -259,32 +438,24 @@ class PixelSegmentContrastLoss(nn.Module):
 
     Per batch: spherical k-means of each image's embeddings with location (grid ``grid``, ``iterations``), split so
     that no segment straddles two labels or two over-segmentation regions; segment features are the normalised means
-    of the pixels' embeddings (with gradient). The relations, each a :func:`segment_contrast`:
+    of the pixels' embeddings (with gradient). The relations (:class:`Relation`, each a :func:`segment_contrast`) are
+    :class:`ImageSimilarity`, :class:`SemanticAnnotation`, :class:`SemanticCooccurrence` and
+    :class:`FeatureAffinity`, by name in ``relations``.
 
-    * ``similarity`` (low-level image similarity): segments of the pixel's image; ``C⁺`` those of its region, on the
-      location-augmented embeddings;
-    * ``annotation`` (semantic annotation): labelled pixels against labelled segments (this batch's and the memory
-      bank's); ``C⁺`` those of the pixel's label; unlabelled segments are left out;
-    * ``cooccurrence`` (semantic co-occurrence): every pixel against every segment; ``C⁺`` the segments of images
-      sharing a tag with the pixel's image (all of its own image's), ``C⁻`` the others;
-    * ``affinity`` (feature affinity): unlabelled segments take the label of their most similar labelled segment, and
-      every pixel of a labelled segment then contrasts as in ``annotation`` (weight 0 by default: the reference code
-      builds it but never calls it).
-
-    ``memory`` iterations of segments (detached, with their labels and tags) enlarge the annotation, co-occurrence
-    and affinity sets. Under torchrun the batch's segments are every process's (gathered with their gradient) and
-    the bank holds global batches; the similarity relation is per image and stays local. ``pixels_per_image``
-    (None: all, as in the paper) draws that many pixels of each image at random whose losses count; segments are
-    still the means of all their pixels. The loss is then an unbiased estimate of the full one at a fraction of its
-    O(pixels × segments) cost.
+    The memory bank (:class:`SegmentMemoryBank`, in ``state_dict()``) keeps ``memory`` iterations of segments
+    (detached, with their labels and tags), which enlarge the annotation, co-occurrence and affinity sets. Under
+    torchrun the batch's segments are every process's (gathered with their gradient) and the bank holds global
+    batches; the similarity relation is per image and stays local. ``pixels_per_image`` (None: all, as in the paper)
+    draws that many pixels of each image at random whose losses count; segments are still the means of all their
+    pixels. The loss is then an unbiased estimate of the full one at a fraction of its O(pixels × segments) cost.
     """
 
     def __init__(
         self,
-        similarity: Relation = Relation(0.1, 16.0),  # noqa: B008  (frozen values, not shared state)
-        annotation: Relation = Relation(1.0, 6.0),  # noqa: B008
-        cooccurrence: Relation = Relation(0.5, 8.0),  # noqa: B008
-        affinity: Relation = Relation(0.0, 6.0),  # noqa: B008
+        similarity: ImageSimilarity = ImageSimilarity(0.1, 16.0),  # noqa: B008  (frozen and stateless)
+        annotation: SemanticAnnotation = SemanticAnnotation(1.0, 6.0),  # noqa: B008
+        cooccurrence: SemanticCooccurrence = SemanticCooccurrence(0.5, 8.0),  # noqa: B008
+        affinity: FeatureAffinity = FeatureAffinity(0.0, 6.0),  # noqa: B008
         grid: tuple[int, int] = (6, 6),
         iterations: int = 10,
         memory: int = 2,
@@ -293,14 +464,12 @@ class PixelSegmentContrastLoss(nn.Module):
         super().__init__()
         if grid[0] < 1 or grid[1] < 1 or iterations < 0 or memory < 0:
             raise ValueError(f"grid must be positive, iterations and memory >= 0; got {grid}, {iterations}, {memory}")
-        self.relations = {"similarity": similarity, "annotation": annotation, "cooccurrence": cooccurrence}
-        self.relations["affinity"] = affinity
+        self.relations: dict[str, Relation] = {"similarity": similarity, "annotation": annotation,
+                                               "cooccurrence": cooccurrence, "affinity": affinity}  # fmt: skip
         if pixels_per_image is not None and pixels_per_image < 1:
             raise ValueError(f"pixels_per_image must be None or >= 1, got {pixels_per_image}")
         self.grid, self.iterations, self.pixels_per_image = grid, iterations, pixels_per_image
-        # (prototypes, labels, image tags, image of each segment) of the last iterations, detached
-        self.bank: deque[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = deque(maxlen=memory)
-        self.last_terms: dict[str, torch.Tensor] = {}
+        self.bank = SegmentMemoryBank(memory)
 
     def segment(self, embeddings: torch.Tensor, labels: torch.Tensor, regions: torch.Tensor, valid: torch.Tensor):
         """The batch's segments: k-means on the location-augmented embeddings, split by labels and regions."""
@@ -318,10 +487,11 @@ class PixelSegmentContrastLoss(nn.Module):
         regions: torch.Tensor,
         tags: torch.Tensor,
         valid: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``embeddings`` ``B×D×h×w`` (unit length over D), ``labels`` ``B×h×w`` (class ids, ``UNLABELLED`` = −1),
-        ``regions`` ``B×h×w`` over-segmentation ids, ``tags`` ``B×C`` 0/1 image classes, ``valid`` ``B×h×w``.
-        The detached terms are left in ``last_terms``."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss (eq. 4) and each relation's ``mean_i L_r(i)`` by name, detached; the batch's segments then join
+        the memory bank. ``embeddings`` ``B×D×h×w`` (unit length over D), ``labels`` ``B×h×w`` (class ids,
+        ``UNLABELLED`` = −1), ``regions`` ``B×h×w`` over-segmentation ids, ``tags`` ``B×C`` 0/1 image classes,
+        ``valid`` ``B×h×w``."""
         b, d, h, w = embeddings.shape
         if valid is None:
             valid = torch.ones(b, h, w, dtype=torch.bool, device=embeddings.device)
@@ -338,81 +508,24 @@ class PixelSegmentContrastLoss(nn.Module):
         chosen = self._sample(pixel_batch, b)
         pixels, own, pixel_batch, located = pixels[chosen], own[chosen], pixel_batch[chosen], located[chosen]
         pixel_label = labels.reshape(-1)[keep][chosen]
-        seg_label = segments.keys[1]
 
-        # The global batch's segments first (under torchrun, every process's, with gradient; this process's start at
-        # ``first``, its images at ``first_image``), then the memory bank's: prototypes, labels, and per image
-        # (numbered on from the batch's) its tags.
+        # The global batch's segments (under torchrun, every process's, with gradient; this process's start at
+        # ``first``, its images at ``first_image``), then the memory bank's.
         batch_protos, first = gather_rows(prototypes)
         batch_tags, first_image = gather_rows(tags.bool())
-        batch_labels, batch_images = gather_rows(seg_label)[0], gather_rows(segments.batch + first_image)[0]
-        bank_protos = torch.cat([batch_protos[:0].detach(), *(entry[0].to(prototypes.dtype) for entry in self.bank)])
-        all_labels = torch.cat([batch_labels, *(entry[1] for entry in self.bank)])
-        image_tags, all_images, offset = [batch_tags], [batch_images], batch_tags.shape[0]
-        for _, _, bank_tags, bank_images in self.bank:
-            image_tags.append(bank_tags)
-            all_images.append(bank_images + offset)
-            offset += bank_tags.shape[0]
-        all_tags, all_images = torch.cat(image_tags), torch.cat(all_images)
-        own_any = own + first  # the pixel's own segment among all segments
+        batch = SegmentBatch(batch_protos, gather_rows(segments.keys[1])[0], batch_tags,
+                             gather_rows(segments.batch + first_image)[0])  # fmt: skip
+        inputs = RelationInputs(pixels, located, own, own + first, pixel_batch, pixel_label, segments, located_protos,
+                                tags, first_image, batch, self.bank.recall(batch))  # fmt: skip
 
+        zero = pixels.new_zeros((), dtype=compute_dtype(pixels))
         terms: dict[str, torch.Tensor] = {}
         for name, relation in self.relations.items():
-            if relation.weight == 0:
-                terms[name] = pixels.new_zeros((), dtype=compute_dtype(pixels))
-                continue
-            if name == "similarity":  # per image: groups are its regions, a pixel's kind is its own region
-                total = sum(
-                    self._similarity(located, own, located_protos, segments, pixel_batch == image,
-                                     segments.batch == image, relation.concentration)
-                    for image in range(b)
-                )  # fmt: skip
-                count = pixels.shape[0]
-            elif name == "cooccurrence":  # groups: the images of this batch and of the memory bank; kinds: images
-                shared = (tags.float() @ all_tags.float().T) > 0  # B × images
-                shared[:, first_image : first_image + b] |= torch.eye(b, dtype=torch.bool, device=own.device)
-                sets = SegmentSets(all_images, pixel_batch, shared, ~shared)
-                total = segment_contrast(pixels, own_any, batch_protos, sets, relation.concentration, bank_protos)
-                count = pixels.shape[0]
-            else:  # annotation, affinity: groups and kinds are labels (+1: 0 = unlabelled)
-                if name == "annotation":
-                    targets = all_labels
-                else:
-                    targets = self._propagate(torch.cat([batch_protos, bank_protos]), all_labels)
-                wanted = pixel_label if name == "annotation" else targets[own_any]
-                rows = wanted >= 0
-                k = int(max(targets.max(), wanted.max())) + 2
-                labelled = torch.arange(k, device=own.device) > 0
-                same = torch.eye(k, dtype=torch.bool, device=own.device) & labelled[None]
-                sets = SegmentSets(targets + 1, wanted[rows] + 1, same, labelled[None] & labelled[:, None] & ~same)
-                total = segment_contrast(pixels[rows], own_any[rows], batch_protos, sets, relation.concentration,
-                                         bank_protos)  # fmt: skip
-                count = int(rows.sum())
-            terms[name] = total / count if count else pixels.new_zeros((), dtype=compute_dtype(pixels))
-        self.bank.append((batch_protos.detach(), batch_labels, batch_tags, batch_images))
-        self.last_terms = {k: v.detach() for k, v in terms.items()}
-        return sum(self.relations[k].weight * v for k, v in terms.items())
-
-    @staticmethod
-    def _similarity(
-        located: torch.Tensor,
-        own: torch.Tensor,
-        located_protos: torch.Tensor,
-        segments: Segments,
-        pixel_in: torch.Tensor,
-        segment_in: torch.Tensor,
-        concentration: float,
-    ) -> torch.Tensor:
-        """Low-level image similarity, summed over one image's pixels: ``C⁺`` the segments of the pixel's region,
-        ``C⁻`` the image's other segments."""
-        index = segment_in.nonzero()[:, 0]  # this image's segments, in order
-        local = torch.full_like(segments.batch, -1)
-        local[index] = torch.arange(index.shape[0], device=index.device)
-        _, group = torch.unique(segments.keys[2][index], return_inverse=True)
-        own_local = local[own[pixel_in]]
-        same = torch.eye(int(group.max()) + 1 if group.numel() else 0, dtype=torch.bool, device=group.device)
-        sets = SegmentSets(group, group[own_local], same, ~same)
-        return segment_contrast(located[pixel_in], own_local, located_protos[index], sets, concentration)
+            summed, count = relation.summed_loss(inputs) if relation.weight else (zero, 0)
+            terms[name] = summed / count if count else zero
+        self.bank.append(batch)
+        total = sum(self.relations[k].weight * v for k, v in terms.items())
+        return total, {k: v.detach() for k, v in terms.items()}
 
     def _sample(self, pixel_batch: torch.Tensor, images: int) -> torch.Tensor:
         """Indices of the pixels whose loss counts: all, or ``pixels_per_image`` drawn at random per image."""
@@ -424,13 +537,3 @@ class PixelSegmentContrastLoss(nn.Module):
             order = torch.randperm(members.shape[0], device=members.device)[: self.pixels_per_image]
             picked.append(members[order.sort().values])
         return torch.cat(picked)
-
-    @staticmethod
-    def _propagate(prototypes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Feature affinity: each unlabelled segment takes the label of its most similar labelled segment."""
-        labelled = labels >= 0
-        if not labelled.any():
-            return labels
-        with torch.no_grad():
-            nearest = (prototypes.detach() @ prototypes.detach()[labelled].T).argmax(1)
-        return torch.where(labelled, labels, labels[labelled][nearest])

@@ -117,7 +117,6 @@ class PPC(Method):
         # The source view on the target's grid (the reference resizes the source's CAM and features, then
         # re-normalises the features); the valid pixels are the same crop's on both.
         embeddings = (F.normalize(on_grid(outputs[PROJECTION]), dim=1), target[PROJECTION].float())
-        contrast = self.contrast(embeddings, (on_grid(source_scores), target_scores), tags, (valid, valid))
-        parts = self.contrast.last_terms
+        contrast, parts = self.contrast(embeddings, (on_grid(source_scores), target_scores), tags, (valid, valid))
         terms.update(cp=parts.cross_prototype, cc=parts.cross_cam, intra=parts.intra)
         return loss + contrast, terms

@@ -25,7 +25,13 @@ from weakseg.data.dataset import DataConfig
 from weakseg.data.sample import LABEL_KINDS, Sample
 from weakseg.errors import ConfigError, TrainingError
 from weakseg.losses import PartialCrossEntropy, PixelSegmentContrastLoss
-from weakseg.losses.spml import UNLABELLED, Relation
+from weakseg.losses.spml import (
+    UNLABELLED,
+    FeatureAffinity,
+    ImageSimilarity,
+    SemanticAnnotation,
+    SemanticCooccurrence,
+)
 from weakseg.methods.base import Method, learners, register_method
 from weakseg.methods.cam import cam_pipeline, crop_tags, label_map_classes
 from weakseg.methods.stages import Relabel, Stage, Train
@@ -111,10 +117,10 @@ class SPML(Method):
             raise ConfigError(f"method_args.rounds must be 1, or 2 for tags / boxes / mixed; got {args.rounds}")
         try:
             self.contrast = PixelSegmentContrastLoss(
-                similarity=Relation(args.similarity_weight, args.similarity_concentration),
-                annotation=Relation(args.annotation_weight, args.annotation_concentration),
-                cooccurrence=Relation(args.cooccurrence_weight, args.cooccurrence_concentration),
-                affinity=Relation(args.affinity_weight, args.affinity_concentration),
+                similarity=ImageSimilarity(args.similarity_weight, args.similarity_concentration),
+                annotation=SemanticAnnotation(args.annotation_weight, args.annotation_concentration),
+                cooccurrence=SemanticCooccurrence(args.cooccurrence_weight, args.cooccurrence_concentration),
+                affinity=FeatureAffinity(args.affinity_weight, args.affinity_concentration),
                 grid=args.grid,
                 iterations=args.kmeans_iterations,
                 memory=args.memory,
@@ -150,11 +156,11 @@ class SPML(Method):
         model.set_classifier(classifier, source=EMBEDDING, detach=self.args.detach_classifier)
 
     def state_dict(self) -> dict:
-        return {"bank": [list(entry) for entry in self.contrast.bank]}
+        """The contrast's state: its memory bank."""
+        return self.contrast.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.contrast.bank.clear()
-        self.contrast.bank.extend(tuple(entry) for entry in state.get("bank", []))
+        self.contrast.load_state_dict(state)
 
     def loss(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         ignore = self.class_set.ignore_index
@@ -169,9 +175,9 @@ class SPML(Method):
         labels = labels.masked_fill(labels == ignore, UNLABELLED)
         regions = nearest(batch["regions"])
         valid = nearest(batch["valid"]).bool() & (regions >= 0)
-        contrast = self.contrast(embedding.float(), labels, regions, classes, valid)
+        contrast, relation_terms = self.contrast(embedding.float(), labels, regions, classes, valid)
         ce = self.criterion(outputs["logits"], target)
-        terms = {k: v for k, v in self.contrast.last_terms.items() if self.contrast.relations[k].weight}
+        terms = {k: v for k, v in relation_terms.items() if self.contrast.relations[k].weight}
         return contrast + self.args.classifier_weight * ce, {**terms, "ce": ce.detach()}
 
     def semantic_target(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
