@@ -16,6 +16,8 @@ from weakseg.losses.spml import (
     FeatureAffinity,
     ImageSimilarity,
     PixelSegmentContrastLoss,
+    SegmentBatch,
+    SegmentMemoryBank,
     SegmentSets,
     SemanticAnnotation,
     SemanticCooccurrence,
@@ -379,3 +381,13 @@ def test_pixel_sampling_counts_that_many_pixels_per_image() -> None:
     assert torch.isfinite(loss_fn(e, labels, regions, tags)[0])
     with pytest.raises(ValueError, match="pixels_per_image"):
         PixelSegmentContrastLoss(pixels_per_image=0)
+
+
+def test_a_restored_bank_joins_the_batch_on_its_device() -> None:
+    """Checkpoints load on the CPU: the bank's segments follow the batch to wherever it is (here the meta device)."""
+    bank = SegmentMemoryBank(2)
+    cpu = SegmentBatch(torch.rand(3, 4), torch.tensor([0, 1, -1]), torch.ones(1, 2, dtype=torch.bool), torch.zeros(3))
+    bank.set_extra_state([cpu._asdict()])
+    batch = SegmentBatch(*(part.to("meta") for part in cpu))
+    recalled = bank.recall(batch)
+    assert all(part.device.type == "meta" for part in recalled) and recalled.prototypes.shape == (3, 4)

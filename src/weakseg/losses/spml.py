@@ -275,17 +275,19 @@ class SegmentMemoryBank(nn.Module):
         self.entries: deque[SegmentBatch] = deque(maxlen=iterations)
 
     def recall(self, batch: SegmentBatch) -> SegmentBatch:
-        """The bank's segments as one batch that follows ``batch``: features in its dtype, without gradient, and
-        images numbered on from its images."""
-        images, offset = [], batch.tags.shape[0]
-        for entry in self.entries:
+        """The bank's segments as one batch that follows ``batch``: on its device (a bank restored from a checkpoint
+        is on the CPU), features in its dtype, without gradient, and images numbered on from its images."""
+        device, offset = batch.prototypes.device, batch.tags.shape[0]
+        entries = [SegmentBatch(*(part.to(device) for part in entry)) for entry in self.entries]
+        images = []
+        for entry in entries:
             images.append(entry.images + offset)
             offset += entry.tags.shape[0]
         dtype = batch.prototypes.dtype
         return SegmentBatch(
-            torch.cat([batch.prototypes[:0].detach(), *(entry.prototypes.to(dtype) for entry in self.entries)]),
-            torch.cat([batch.labels[:0], *(entry.labels for entry in self.entries)]),
-            torch.cat([batch.tags[:0], *(entry.tags for entry in self.entries)]),
+            torch.cat([batch.prototypes[:0].detach(), *(entry.prototypes.to(dtype) for entry in entries)]),
+            torch.cat([batch.labels[:0], *(entry.labels for entry in entries)]),
+            torch.cat([batch.tags[:0], *(entry.tags for entry in entries)]),
             torch.cat([batch.images[:0], *images]),
         )
 
