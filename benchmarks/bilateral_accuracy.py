@@ -1,8 +1,8 @@
 """How close the permutohedral lattice comes to the exact dense Gaussian filter on real photos.
 
-    python benchmarks/bilateral_accuracy.py [--data ../shared/data/voc454] [--images 12] [--size 120]
+    python -m benchmarks.bilateral_accuracy [--data-root ../shared/data] [--images 12] [--size 120]
 
-For VOC photos resized to ``size``², a smooth random 21-class softmax per image and the CRF loss's kernels (RGB+xy
+For voc454 photos resized to ``size``², a smooth random 21-class softmax per image and the CRF loss's kernels (RGB+xy
 with σ_rgb 15 and σ_xy 100 at 320² scaled to ``size``; xy only with σ_xy 10), prints per kernel: the least-squares
 scale between lattice and exact output (what ``LATTICE_PEAK`` should be multiplied by; 1.00 when calibrated), the
 relative error ‖W̃S − WS‖/‖WS‖ of the filter output, and the relative error of the CRF loss value ``SᵀWS``.
@@ -10,23 +10,20 @@ relative error ‖W̃S − WS‖/‖WS‖ of the filter output, and the relative
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.common import entry_point
 from weakseg.ops.bilateral import PermutohedralLattice, exact_gaussian_filter, pixel_features
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/voc454"))
+def main(argv: list[str] | None = None) -> None:
+    parser = entry_point("bilateral_accuracy", __doc__)
     parser.add_argument("--images", type=int, default=12)
     parser.add_argument("--size", type=int, default=120)
-    args = parser.parse_args()
-    files = sorted((args.data / "JPEGImages").glob("*.jpg"))[: args.images]
+    args = parser.parse_args(argv)
+    files = sorted((args.data_root / "voc454" / "JPEGImages").glob("*.jpg"))[: args.images]
     size = (args.size, args.size)
     image = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB").resize(size)) for f in files]))
     image = image.permute(0, 3, 1, 2).float()

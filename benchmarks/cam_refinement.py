@@ -1,19 +1,20 @@
 """Pseudo-label quality of one finished CAM stage under each refinement (the "seed" mIoU on the train split).
 
-    python benchmarks/cam_refinement.py [--dataset voc454] [--method cam] [--supervision tags] [--seed 0]
+    python -m benchmarks.cam_refinement [--dataset voc454] [--method cam] [--supervision tags] [--seed 0]
+                                        [--data-root ../shared/data] [--cache benchmarks/cache]
+                                        [--out benchmarks/results/ablations]
 
 Reads the CAM stage of the standard-profile bench row (run it first: `weakseg bench --methods cam ...`), labels
 every training image with each variant of the recipe's `pseudo` section and writes baseline / seed / refined /
-kept-label scores and the seconds per image to `benchmarks/results/ablations/<dataset>-<method>-<supervision>-
-refinement.json`.
+kept-label scores and the seconds per image to `<out>/<dataset>-<method>-<supervision>-refinement.json`.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
+from benchmarks.common import add_out, entry_point
 from weakseg.bench.protocol import STANDARD
 from weakseg.bench.rows import Row
 from weakseg.bench.runner import git_commit, pseudo_summary
@@ -34,20 +35,20 @@ VARIANTS = {
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    parser = entry_point("cam_refinement", __doc__)
     parser.add_argument("--dataset", default="voc454", choices=[d.name for d in STANDARD.datasets])
     parser.add_argument("--method", default="cam", choices=("cam", "hfpl"))
     parser.add_argument("--supervision", default="tags", choices=("tags", "boxes"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--data-root", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--cache", type=Path, default=Path("benchmarks/cache"))
-    args = parser.parse_args()
+    parser.add_argument("--cache", type=Path, default=Path("benchmarks/cache"), help="the bench's run folders")
+    add_out(parser, Path("benchmarks/results/ablations"), "the scores")
+    args = parser.parse_args(argv)
 
     dataset = STANDARD.dataset(args.dataset)
-    row = Row(STANDARD, "standard", dataset, args.method, args.supervision, args.data_root, args.results, args.seed)
+    results = Path("benchmarks/results")  # the row as the bench records it
+    row = Row(STANDARD, "standard", dataset, args.method, args.supervision, args.data_root, results, args.seed)
     recipe = row.recipe(args.cache)
     pipeline = Pipeline(recipe, progress=False)
     checkpoint = pipeline.stage_dir(pipeline.names[0]) / "last.pt"
@@ -71,7 +72,7 @@ def main() -> None:
             f"(F {seed['boundary_f']:.3f} → {refined['boundary_f']:.3f}), "
             f"kept {kept['miou']:.3f} on {kept['coverage']:.1%}, {seconds:.2f} s/image"
         )
-    path = args.results / "ablations" / f"{args.dataset}-{args.method}-{args.supervision}-refinement.json"
+    path = args.out / f"{args.dataset}-{args.method}-{args.supervision}-refinement.json"
     write_json(path, out)
     print(f"wrote {path}")
 

@@ -1,9 +1,10 @@
 """How a CAM learner's maps sit on the objects: peak placement, activation inside and outside, seed extent.
 
-    python benchmarks/cam_statistics.py cam-tags seam-tags ppc-tags [--images 40] [--threshold 0.15]
+    python -m benchmarks.cam_statistics cam-tags seam-tags ppc-tags [--images 40] [--threshold 0.15]
+                                        [--data-root ../shared/data] [--cache benchmarks/cache]
 
-For each named standard-profile voc454 bench row, loads its cached CAM checkpoint (``benchmarks/cache/runs/standard/
-voc454/<row>/cam/last.pt``) and, on ``--images`` train images spread evenly over the split (single scale, no flip),
+For each named standard-profile voc454 bench row, loads its cached CAM checkpoint (``<cache>/runs/standard/voc454/
+<row>/cam/last.pt``) and, on ``--images`` train images spread evenly over the split (single scale, no flip),
 measures for every tagged foreground class ``c`` of each image, on the max-normalised CAM ``r_c`` (HFPL eq. 4):
 
 - how often the peak of ``r_c`` falls inside the ground-truth mask of ``c``, and how often within 16 px of the border;
@@ -14,13 +15,13 @@ measures for every tagged foreground class ``c`` of each image, on the max-norma
 
 from __future__ import annotations
 
-import argparse
 import functools
 import statistics
 from pathlib import Path
 
 import torch
 
+from benchmarks.common import entry_point, rerooted
 from weakseg.engine.checkpoint import load_model_from_checkpoint
 from weakseg.engine.device import normalize
 from weakseg.engine.pipeline import pseudo_label_dataset
@@ -30,13 +31,13 @@ from weakseg.pseudo.cam import extract_cams, max_normalise
 BORDER = 16  # px
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    parser = entry_point("cam_statistics", __doc__)
     parser.add_argument("rows", nargs="+", help="bench row names, e.g. cam-tags seam-tags-seed1")
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--threshold", type=float, default=0.15)
-    parser.add_argument("--cache", type=Path, default=Path("benchmarks/cache"))
-    args = parser.parse_args()
+    parser.add_argument("--cache", type=Path, default=Path("benchmarks/cache"), help="the bench's run folders")
+    args = parser.parse_args(argv)
 
     print(f"voc454 train, {args.images} images, single-scale CAMs; extent at r > {args.threshold}")
     print("| row | peak in object | peak at border | mean r inside | mean r outside | extent / object (median) |")
@@ -45,6 +46,7 @@ def main() -> None:
         stage = args.cache / "runs" / "standard" / "voc454" / name / "cam"
         model = load_model_from_checkpoint(stage / "last.pt", torch.device("cpu"))[0].eval()
         recipe = load_recipe(stage / "recipe.yaml")
+        recipe.data.root = rerooted(recipe.data.root, args.data_root)
         dataset = pseudo_label_dataset(recipe, recipe.data.train_split)
         step = max(1, len(dataset) // args.images)
         hits = border = 0

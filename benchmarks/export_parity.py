@@ -1,23 +1,24 @@
 """How closely an exported model reproduces ``weakseg predict`` on real photos, at their native sizes.
 
-    python benchmarks/export_parity.py CHECKPOINT [--images ../shared/data/voc454/JPEGImages] [--count 50]
+    python -m benchmarks.export_parity CHECKPOINT [--data-root ../shared/data] [--images DIR] [--count 50]
 
 Exports CHECKPOINT to ONNX and TorchScript (``weakseg.engine.export``, into a temporary folder), runs the first
-``--count`` images of ``--images`` one at a time through onnxruntime (CPU) and ``torch.jit.load``, and compares each
-output with the probabilities PyTorch's own prediction path gives (``predict_probs`` at one scale, no flip). Prints,
-per format, the largest absolute probability difference over all pixels and classes, the mean of the per-image
-largest differences, and the share of pixels whose arg-max class agrees.
+``--count`` images of ``--images`` (default: voc454's photos under ``--data-root``) one at a time through onnxruntime
+(CPU) and ``torch.jit.load``, and compares each output with the probabilities PyTorch's own prediction path gives
+(``predict_probs`` at one scale, no flip). Prints, per format, the largest absolute probability difference over all
+pixels and classes, the mean of the per-image largest differences, and the share of pixels whose arg-max class
+agrees.
 """
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import onnxruntime as ort
 import torch
 
+from benchmarks.common import entry_point
 from weakseg.data.formats import read_image
 from weakseg.engine.checkpoint import load_model_from_checkpoint
 from weakseg.engine.device import normalize
@@ -27,13 +28,14 @@ from weakseg.engine.inference import predict_probs
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    parser = entry_point("export_parity", __doc__)
     parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--images", type=Path, default=Path("../shared/data/voc454/JPEGImages"))
+    parser.add_argument("--images", type=Path, default=None, help="a folder of .jpg photos")
     parser.add_argument("--count", type=int, default=50)
-    args = parser.parse_args()
-    paths = sorted(args.images.glob("*.jpg"))[: args.count]
+    args = parser.parse_args(argv)
+    images = args.images or args.data_root / "voc454" / "JPEGImages"
+    paths = sorted(images.glob("*.jpg"))[: args.count]
     model, recipe, state = load_model_from_checkpoint(args.checkpoint, torch.device("cpu"))
     mean, std = model.mean_std
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,7 +62,7 @@ def main() -> None:
                     agree[fmt] += (got.argmax(1) == want.argmax(1)).sum().item()
     print(
         f"{args.checkpoint}: {recipe.method} / {recipe.supervision}, {recipe.model.backbone}, step {state['step']}; "
-        f"{len(paths)} images of {args.images} at {', '.join(f'{h}×{w}' for h, w in sorted(sizes))}; "
+        f"{len(paths)} images of {images} at {', '.join(f'{h}×{w}' for h, w in sorted(sizes))}; "
         f"torch {torch.__version__}, onnxruntime {ort.__version__}"
     )
     for fmt in SUFFIX:

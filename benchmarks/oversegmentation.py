@@ -1,6 +1,6 @@
 """Which over-segmentation should stand in for SPML's HED + UCM regions? Measured against the voc454 masks.
 
-    python benchmarks/oversegmentation.py [--split train] [--max-images N]
+    python -m benchmarks.oversegmentation [--data-root ../shared/data] [--split train] [--max-images N]
 
 For each setting, over the split's images: the median number of regions per image, the achievable segmentation
 accuracy (ASA: the fraction of labelled pixels whose region's majority class is their class, the best any labelling
@@ -11,14 +11,13 @@ large enough to tie many pixels together (few regions).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
+from benchmarks.common import entry_point
 from weakseg.data.dataset import SegmentationDataset, voc_layout
 from weakseg.pseudo.oversegment import OversegmentConfig, oversegment
 
@@ -50,13 +49,12 @@ def scores(regions: np.ndarray, mask: np.ndarray) -> tuple[float, int, float, in
     return correct, int(labelled.sum()), int((gt_edge & near).sum()), int(gt_edge.sum())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/voc454"))
+def main(argv: list[str] | None = None) -> None:
+    parser = entry_point("oversegmentation", __doc__)
     parser.add_argument("--split", default="train")
     parser.add_argument("--max-images", type=int, default=None)
-    args = parser.parse_args()
-    dataset = SegmentationDataset(voc_layout(args.data), args.split, kinds=("mask",))
+    args = parser.parse_args(argv)
+    dataset = SegmentationDataset(voc_layout(args.data_root / "voc454"), args.split, kinds=("mask",))
     samples = [dataset[i] for i in range(len(dataset) if args.max_images is None else args.max_images)]
     print(f"voc454 {args.split}, {len(samples)} images (masks: 255 = ignore, left out)")
     print("| setting | regions / image (median) | ASA | boundary recall (2 px) | s / image (median) |")

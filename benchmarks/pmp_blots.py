@@ -1,6 +1,7 @@
 """How much of the image do PMP's point blots label, and how correctly? Measured against the voc454 masks.
 
-    python benchmarks/pmp_blots.py [--split train] [--every 4] [--points-mode box-centres] [--settings NAME ...]
+    python -m benchmarks.pmp_blots [--data-root ../shared/data] [--split train] [--every 4]
+                                   [--points-mode box-centres] [--settings NAME ...]
 
 The points are the benchmark's (one per component at its distance-transform maximum, background included; seed 0),
 or with ``--points-mode box-centres`` the paper's: the centre of every box of voc454's real ``boxes_coco.json`` plus
@@ -17,51 +18,18 @@ precision.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import SCORES, entry_point, label_counts, label_scores
 from weakseg.data.dataset import SegmentationDataset, voc_layout
 from weakseg.data.formats import read_coco_boxes
 from weakseg.data.simulate import POINTS_MODES, LabelProtocol, derive_image_points
 from weakseg.pseudo.point_blots import PointBlotConfig, point_blots
 from weakseg.utils import stable_int
-
-SCORES = ("coverage", "precision", "object precision", "object recall", "background share")
-
-
-def label_counts(labels: np.ndarray, mask: np.ndarray, background: int | None, ignore: int) -> np.ndarray:
-    """Pixel counts of a label map (``ignore`` = unlabelled) against a mask, to pool over images: all, labelled,
-    labelled and scored, correct; labelled with an object class and scored, correct; object pixels, found with their
-    class; labelled background. Without a background class (CamVid) every class counts as an object."""
-    labelled = labels != ignore
-    scored = labelled & (mask != ignore)
-    labels_bg = labels == background if background is not None else np.zeros(labels.shape, bool)
-    mask_bg = mask == background if background is not None else np.zeros(mask.shape, bool)
-    claims = scored & ~labels_bg
-    objects = (mask != ignore) & ~mask_bg
-    return np.array([
-        labels.size, labelled.sum(), scored.sum(), (labels[scored] == mask[scored]).sum(), claims.sum(),
-        (labels[claims] == mask[claims]).sum(), objects.sum(), (objects & (labels == mask)).sum(),
-        (labelled & labels_bg).sum(),
-    ], dtype=np.float64)  # fmt: skip
-
-
-def label_scores(counts: np.ndarray) -> tuple[float, ...]:
-    """The :data:`SCORES` of pooled :func:`label_counts`."""
-    pixels, labelled, scored, correct, claimed, right, objects, found, background = counts
-    return (
-        labelled / pixels,
-        correct / max(scored, 1),
-        right / max(claimed, 1),
-        found / max(objects, 1),
-        background / max(labelled, 1),
-    )
-
 
 DEFAULT = PointBlotConfig()
 SETTINGS = {
@@ -74,18 +42,18 @@ SETTINGS = {
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/voc454"))
+def main(argv: list[str] | None = None) -> None:
+    parser = entry_point("pmp_blots", __doc__)
     parser.add_argument("--split", default="train")
     parser.add_argument("--every", type=int, default=4, help="use every N-th image of the split")
     parser.add_argument("--points-mode", choices=POINTS_MODES, default="component")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
-    args = parser.parse_args()
-    dataset = SegmentationDataset(voc_layout(args.data), args.split, kinds=("mask",))
+    args = parser.parse_args(argv)
+    data = args.data_root / "voc454"
+    dataset = SegmentationDataset(voc_layout(data), args.split, kinds=("mask",))
     samples = [dataset[i] for i in range(0, len(dataset), args.every)]
     protocol = LabelProtocol(points_mode=args.points_mode)
-    boxes = read_coco_boxes(args.data / "boxes_coco.json") if args.points_mode == "box-centres" else {}
+    boxes = read_coco_boxes(data / "boxes_coco.json") if args.points_mode == "box-centres" else {}
     points = [
         derive_image_points(s.image_id, s.maps["mask"], dataset.class_set, protocol, boxes.get(s.image_id))
         for s in samples

@@ -1,6 +1,6 @@
 """What a trained PMP model's on-the-fly pseudo-masks hold, scored against the masks of a split.
 
-    python benchmarks/pmp_pseudo.py RUN/last.pt [--split train] [--images 40]
+    python -m benchmarks.pmp_pseudo RUN/last.pt [--data-root ../shared/data] [--split train] [--images 40]
 
 The run's model, expansion scores and point blots make each image's pseudo-mask as a training step does
 (`PMP.pseudo_masks`), on the whole image rather than a crop. Printed for the pseudo-mask, for its network part (the
@@ -8,18 +8,18 @@ same without the blots: refined output ⊙ expanded fields, thresholded, plus th
 point blots alone: the coverage (fraction of pixels labelled), the precision (fraction of labelled pixels whose label
 is the mask's), the object precision (the same over the pixels labelled with an object class), the object recall
 (fraction of object pixels labelled with their class) and the background share of the labelled pixels. Pooled over
-the images. Without a background class (CamVid) every class counts as an object.
+the images. Without a background class (CamVid) every class counts as an object. The run's dataset is read from its
+folder under ``--data-root``.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import torch
-from pmp_blots import SCORES, label_counts, label_scores  # benchmarks/ is on sys.path when this runs as a script
 
+from benchmarks.common import SCORES, entry_point, label_counts, label_scores, rerooted
 from weakseg.data.dataset import SegmentationDataset
 from weakseg.data.loader import collate, sample_to_tensors
 from weakseg.engine.checkpoint import load_model_from_checkpoint
@@ -27,16 +27,17 @@ from weakseg.engine.device import normalize
 from weakseg.methods import build_method
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    parser = entry_point("pmp_pseudo", __doc__)
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--split", default="train")
     parser.add_argument("--images", type=int, default=40)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     model, recipe, state = load_model_from_checkpoint(args.checkpoint, torch.device("cpu"))
     if recipe.method != "pmp":
         parser.error(f"{args.checkpoint}: a {recipe.method} run, not pmp")
+    recipe.data.root = rerooted(recipe.data.root, args.data_root)
     dataset = SegmentationDataset(recipe.data, args.split, kinds=("mask", "points"), required=("mask", "points"))
     classes = dataset.class_set
     method = build_method(recipe.method, recipe.method_args, recipe.supervision, classes)

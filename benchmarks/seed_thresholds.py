@@ -1,27 +1,29 @@
 """Best-threshold seed mIoU for bench rows recorded before the pseudo-label stage scored every threshold.
 
-    python benchmarks/seed_thresholds.py [--dataset voc454] [--rows cam-tags hfpl-tags-seed1 ...] [--force]
+    python -m benchmarks.seed_thresholds [--dataset voc454] [--rows cam-tags hfpl-tags-seed1 ...] [--force]
+                                         [--data-root ../shared/data] [--cache benchmarks/cache]
+                                         [--out benchmarks/results] [--docs docs]
 
 SEAM and PPC report CAM seeds at the best of a range of background thresholds; the pseudo-label stage now scores
 the seeds at each of ``weakseg.pseudo.cam.SEED_THRESHOLDS`` as well (``pseudo_labels.seed_thresholds``). For each
-multi-stage row of the standard profile that lacks those scores on the current grid, this takes them from the
-row's own pseudo-label stage when that scored them, and otherwise reruns the seed part of the row's
-pseudo-label pass on its cached CAM checkpoint (same recipe and CAM inference; refinement skipped, no label files
-written), checks that it reproduces the recorded seed mIoU, and adds ``seed_thresholds`` to the row's JSON and to
-its run folder's ``pseudo/metrics.json``. The row stays current: its recipe and checkpoint are unchanged.
-``docs/benchmarks.md`` is regenerated at the end. About 10 minutes per row on one CPU core (multi-scale + flip CAMs of
-the 212 train images).
+multi-stage row of the standard profile (under ``--out``, the bench's results) that lacks those scores on the
+current grid, this takes them from the row's own pseudo-label stage when that scored them, and otherwise reruns the
+seed part of the row's pseudo-label pass on its cached CAM checkpoint (same recipe and CAM inference; refinement
+skipped, no label files written), checks that it reproduces the recorded seed mIoU, and adds ``seed_thresholds`` to
+the row's JSON and to its run folder's ``pseudo/metrics.json``. The row stays current: its recipe and checkpoint
+are unchanged. ``docs/benchmarks.md`` is regenerated at the end. About 10 minutes per row on one CPU core
+(multi-scale + flip CAMs of the 212 train images).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
 
 import torch
 
+from benchmarks.common import add_out, entry_point
 from weakseg.bench.docs import write_benchmark_docs
 from weakseg.bench.protocol import STANDARD
 from weakseg.bench.rows import Row
@@ -36,18 +38,17 @@ from weakseg.pseudo.cam import SEED_THRESHOLDS
 TOLERANCE = 1e-3  # recorded vs recomputed seed mIoU; CPU inference is deterministic up to thread-order rounding
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    parser = entry_point("seed_thresholds", __doc__)
     parser.add_argument("--dataset", default="voc454", choices=[d.name for d in STANDARD.datasets])
     parser.add_argument("--rows", nargs="+", default=None, help="row names (default: every multi-stage row)")
-    parser.add_argument("--data-root", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--cache", type=Path, default=Path("benchmarks/cache"))
-    parser.add_argument("--docs", type=Path, default=Path("docs"))
+    parser.add_argument("--cache", type=Path, default=Path("benchmarks/cache"), help="the bench's run folders")
+    add_out(parser, Path("benchmarks/results"), "the bench rows, completed (and read from)")
+    parser.add_argument("--docs", type=Path, default=Path("docs"), help="where docs/benchmarks.md is regenerated")
     parser.add_argument("--force", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    folder = args.results / "standard" / args.dataset
+    folder = args.out / "standard" / args.dataset
     paths = [folder / f"{name}.json" for name in args.rows] if args.rows else sorted(folder.glob("*.json"))
     for path in paths:
         record = json.loads(path.read_text())
@@ -55,7 +56,7 @@ def main() -> None:
         if recorded is None or (_on_current_grid(recorded) and not args.force):
             continue
         row = Row(STANDARD, "standard", STANDARD.dataset(args.dataset), record["method"], record["supervision"],
-                  args.data_root, args.results, record.get("seed", 0))  # fmt: skip
+                  args.data_root, args.out, record.get("seed", 0))  # fmt: skip
         if not row.is_current(args.cache):
             print(f"{row.name}: recorded with another recipe than the current one; run `weakseg bench` first")
             continue
@@ -75,7 +76,7 @@ def main() -> None:
             if drift > TOLERANCE:
                 print(f"{row.name}: recomputed seeds differ from the recorded ones by {drift:.4f} mIoU; not written")
                 continue
-            sweep = {**scores["seed_thresholds"], "measured": {"by": "benchmarks/seed_thresholds.py", "git_commit":
+            sweep = {**scores["seed_thresholds"], "measured": {"by": "benchmarks.seed_thresholds", "git_commit":
                      git_commit(), "recorded_seed_drift": drift}}  # fmt: skip
             if stage:
                 write_json(stage_metrics, {**stage, "seed_thresholds": sweep})
@@ -86,8 +87,8 @@ def main() -> None:
             f"{row.name}: seed {recorded['seed']['miou']:.3f} at the pseudo-labels' threshold, {best['miou']:.3f} "
             f"at t = {best['threshold']:.2f} (recorded seed reproduced within {drift:.1e})"
         )
-    update_ratios(args.results, "standard")
-    write_benchmark_docs(args.results, args.docs, STANDARD)
+    update_ratios(args.out, "standard")
+    write_benchmark_docs(args.out, args.docs, STANDARD)
 
 
 def _on_current_grid(metrics: dict) -> bool:

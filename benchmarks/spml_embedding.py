@@ -1,16 +1,17 @@
 """How spread an SPML model's embedding is, and what its classifier predicts, on the images of a split.
 
-    python benchmarks/spml_embedding.py RUN/last.pt [--split train] [--images 40] [--labels RUN/../pseudo/labels]
+    python -m benchmarks.spml_embedding RUN/last.pt [--data-root ../shared/data] [--split train] [--images 40]
+                                        [--labels RUN/../pseudo/labels]
 
 Per image, at the model's input size: the mean cosine between each pixel's embedding and the image's mean embedding
 (1 = every pixel embedded alike, a collapsed embedding), and the fraction of pixels the classifier (without the
 random walk) labels foreground; with ``--labels`` (a folder of training label maps, e.g. a CAM pipeline's
-pseudo-labels), the fraction of their labelled pixels that are foreground. Prints the medians over the images.
+pseudo-labels), the fraction of their labelled pixels that are foreground. Prints the medians over the images. The
+run's dataset is read from its folder under ``--data-root``.
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from pathlib import Path
 
@@ -19,22 +20,24 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from benchmarks.common import entry_point, rerooted
 from weakseg.data.dataset import SegmentationDataset
 from weakseg.engine.checkpoint import load_model_from_checkpoint
 from weakseg.engine.device import normalize
 from weakseg.methods.spml import EMBEDDING
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    parser = entry_point("spml_embedding", __doc__)
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--split", default="train")
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--labels", type=Path, default=None, help="folder of <image id>.png training labels")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     no_walk = ["method_args.random_walk=false"]
     model, recipe, _ = load_model_from_checkpoint(args.checkpoint, torch.device("cpu"), no_walk)
+    recipe.data.root = rerooted(recipe.data.root, args.data_root)
     dataset = SegmentationDataset(recipe.data, args.split, kinds=())  # images only
     background = dataset.class_set.background
     if background is None:

@@ -107,6 +107,7 @@ def places(shapes: Path, tmp_path: Path) -> dict:
             "cache": tmp_path / "cache"}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_tiny_ablation_end_to_end(tiny: Protocol, places: dict) -> None:
     table = load_table("rloss")
     reference = places["results"] / "standard" / "shapes" / "pce-scribbles.json"
@@ -129,6 +130,7 @@ def test_a_tiny_ablation_end_to_end(tiny: Protocol, places: dict) -> None:
     assert f"{first:45s} mIoU" in summary(table, entries, "shapes", "scribbles")
 
 
+@pytest.mark.slow
 def test_a_tiny_seed_ablation_runs_until_the_pseudo_labels(tiny: Protocol, places: dict) -> None:
     table = AblationTable(
         "cam", "cam", (AblationVariant("cam"), AblationVariant("no refinement", ("pseudo.refine=none",))),

@@ -35,6 +35,7 @@ REQUIRED = {
 }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_one_row_end_to_end(tiny_row: Row, tmp_path: Path) -> None:
     row = tiny_row
     record = run_row(row, tmp_path / "cache", "abc123")
@@ -47,6 +48,7 @@ def test_one_row_end_to_end(tiny_row: Row, tmp_path: Path) -> None:
     assert (tmp_path / "cache" / "labels" / "shapes").is_dir()
 
 
+@pytest.mark.slow
 def test_an_interrupted_row_resumes_where_it_stopped(
     tiny_row: Row, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -70,6 +72,7 @@ def test_an_interrupted_row_resumes_where_it_stopped(
     assert resumed["train_images_per_s"] > 0 and "random" in resumed["backbone"]
 
 
+@pytest.mark.slow
 def test_a_row_does_not_resume_checkpoints_of_another_recipe(tiny_row: Row, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     run_row(tiny_row, cache, "abc123")
@@ -138,6 +141,7 @@ def test_pseudo_summary_keeps_the_seed_scores_at_every_threshold() -> None:
     assert summary["pseudo"] == {"miou": 0.25, "coverage": 0.8} and summary["images"] == 4
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_a_terminated_bench_stops_its_row_process(tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
@@ -157,5 +161,6 @@ def test_a_terminated_bench_stops_its_row_process(tmp_path: Path) -> None:
         os.kill(child_pid, 0)
 
 
+@pytest.mark.slow
 def test_run_child_process_returns_the_exit_code() -> None:
     assert run_child_process([sys.executable, "-c", "raise SystemExit(3)"]) == 3

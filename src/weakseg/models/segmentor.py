@@ -31,7 +31,7 @@ class ModelConfig:
     aspp_rates: tuple[int, ...] | None = None
     separable: bool = True
     dropout: float = 0.1
-    channels_last: bool = True  # NHWC: 1.46× faster training steps on CPU (benchmarks/profile_step.py)
+    channels_last: bool = True  # NHWC: 1.46× faster training steps on CPU (python -m benchmarks.speed step)
     # "batch": the backbone's batch norms; "group_ws": group norm + weight standardisation everywhere (Qiao et al.
     # 2019), PMP's normalisation for training from scratch on small batches.
     norm: str = "batch"
