@@ -57,6 +57,7 @@ def test_a_bare_sample_gets_every_registered_map_filled() -> None:
     assert item["has"] == {"mask": False, "tags": False, "boxes": False, "points": False, "scribbles": False}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", ["weakseg.engine.evaluator", "weakseg.engine.trainer"])
 def test_engine_modules_register_the_maps_methods_derive(module: str) -> None:
     """Batches built wherever evaluation or training is imported carry ``regions`` and ``blots`` (filled)."""

@@ -121,6 +121,7 @@ def _ppc(views, present, images: slice):
     return protos, exists, loss.detach(), [e.grad for e in emb]
 
 
+@pytest.mark.slow
 def test_ppc_prototypes_and_loss_are_those_of_the_global_batch(two_processes: Path) -> None:
     views, present = _ppc_inputs()
     protos, exists, loss, grads = _ppc(views, present, slice(None))
@@ -159,6 +160,7 @@ def _spml(images: slice):
     return out
 
 
+@pytest.mark.slow
 def test_spml_segments_and_memory_bank_span_the_global_batch(two_processes: Path) -> None:
     single = _spml(slice(None))
     ranks = [torch.load(two_processes / f"spml{r}.pt") for r in range(WORLD)]
