@@ -12,7 +12,7 @@ from torch import nn
 from weakseg.config import from_dict
 from weakseg.data.classes import ClassSet
 from weakseg.data.dataset import DataConfig
-from weakseg.data.sample import Sample
+from weakseg.data.sample import LABEL_KINDS, Sample
 from weakseg.errors import ConfigError
 from weakseg.methods.stages import Stage, Train
 from weakseg.models.segmentor import ModelConfig
@@ -54,7 +54,7 @@ class Method:
         if self.supervision == "full":
             return ("mask",)
         if self.supervision == "mixed":
-            return tuple(k for k in ("tags", "boxes", "points", "scribbles") if k in self.mixed_kinds())
+            return tuple(k for k in LABEL_KINDS if k in self.mixed_kinds())
         return (self.supervision,)
 
     def required_kinds(self) -> tuple[str, ...]:
