@@ -4,9 +4,10 @@
                                         [--data-root ../shared/data] [--cache benchmarks/cache]
                                         [--out benchmarks/results/ablations]
 
-Reads the CAM stage of the standard-profile bench row (run it first: `weakseg bench --methods cam ...`), labels
-every training image with each variant of the recipe's `pseudo` section and writes baseline / seed / refined /
-kept-label scores and the seconds per image to `<out>/<dataset>-<method>-<supervision>-refinement.json`.
+Reads the CAM learner stage (the one its pseudo-labels come from) of the standard-profile bench row (run it first:
+`weakseg bench --methods cam ...`), labels every training image with each variant of the recipe's `pseudo` section
+and writes baseline / seed / refined / kept-label scores and the seconds per image to
+`<out>/<dataset>-<method>-<supervision>-refinement.json`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from weakseg.engine.checkpoint import load_model_from_checkpoint
 from weakseg.engine.device import select_device
 from weakseg.engine.pipeline import Pipeline, pseudo_label_dataset
 from weakseg.engine.pseudo_labels import make_pseudo_labels
+from weakseg.methods import PseudoLabel, learners
 from weakseg.pseudo.cam import PseudoLabelConfig
 
 VARIANTS = {
@@ -38,7 +40,7 @@ VARIANTS = {
 def main(argv: list[str] | None = None) -> None:
     parser = entry_point("cam_refinement", __doc__)
     parser.add_argument("--dataset", default="voc454", choices=[d.name for d in STANDARD.datasets])
-    parser.add_argument("--method", default="cam", choices=("cam", "hfpl"))
+    parser.add_argument("--method", default="cam", choices=learners("cam"))
     parser.add_argument("--supervision", default="tags", choices=("tags", "boxes"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -51,13 +53,14 @@ def main(argv: list[str] | None = None) -> None:
     row = Row(STANDARD, "standard", dataset, args.method, args.supervision, args.data_root, results, args.seed)
     recipe = row.recipe(args.cache)
     pipeline = Pipeline(recipe, progress=False)
-    checkpoint = pipeline.stage_dir(pipeline.names[0]) / "last.pt"
-    if not pipeline.finished(pipeline.names[0]):
+    learner = next(stage.source for stage in pipeline.plan if isinstance(stage, PseudoLabel))
+    checkpoint = pipeline.stage_dir(learner) / "last.pt"
+    if not pipeline.finished(learner):
         raise SystemExit(f"{checkpoint}: run the bench row first ({row.name})")
     device = select_device(recipe.train.device)
     model, _, _ = load_model_from_checkpoint(checkpoint, device)
     dataset = pseudo_label_dataset(recipe, recipe.data.train_split)
-    out = {"row": row.name, "checkpoint_recipe": to_dict(pipeline.stage_recipe(pipeline.names[0])),
+    out = {"row": row.name, "checkpoint_recipe": to_dict(pipeline.stage_recipe(learner)),
            "git_commit": git_commit(), "images": len(dataset), "variants": {}}  # fmt: skip
     for name in args.variants:
         cfg = PseudoLabelConfig(**{**vars(recipe.pseudo), **VARIANTS[name]})

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from weakseg.bench.docs import write_benchmark_docs
 from weakseg.bench.protocol import STANDARD
+from weakseg.bench.rows import Row
 from weakseg.data.formats import write_json
 
 
@@ -51,10 +53,23 @@ def test_rows_over_seeds_get_mean_and_spread(tmp_path: Path) -> None:
     assert "| 0.350 | — | 0.450 | 0.10 |" in text  # seed 2's seed, refined seed, best-threshold seed and its t
     # mean ± sd of each score, then median (min–max) of seed mIoU, best-threshold seed mIoU and val mIoU
     assert (
-        "| cam | tags | 0, 1, 2 | 0.350 ± 0.050 | 0.200 ± 0.000 | 0.450 ± 0.050 | — | — | 0.250 ± 0.050 "
-        "| 0.300 ± 0.000 | 0.350 (0.300–0.400) | 0.450 (0.400–0.500) | 0.250 (0.200–0.300) |" in text
+        "| cam | tags | 0, 1, 2 | — | — | 0.350 ± 0.050 | 0.200 ± 0.000 | 0.450 ± 0.050 | — | — | 0.250 ± 0.050 "
+        "| 0.300 ± 0.000 | 0.350 (0.300–0.400) | 0.450 (0.400–0.500) | 0.250 (0.200–0.300) | older † |" in text
     )
     assert "`cam-tags` seed 2: tags protocol" in text and "`cam-tags`: tags protocol" in text
+
+
+def test_rows_made_with_another_recipe_are_marked_and_not_pooled(tmp_path: Path) -> None:
+    results, docs = tmp_path / "results", tmp_path / "docs"
+    row = Row(STANDARD, "standard", STANDARD.dataset("voc454"), "pce", "points", Path("data"), results)
+    for seed in (0, 1, 2):  # seeds 0 and 1 made with today's recipe, seed 2 with a recipe of other steps
+        provenance = dataclasses.replace(row, seed=seed).provenance(tmp_path).as_record()
+        provenance["recipe"]["train"]["steps"] += seed == 2
+        record = {**_record("voc454", "pce", "points", 0.2 + seed / 10, 0.01), "seed": seed, **provenance}
+        write_json(results / "standard" / "voc454" / f"pce-points{f'-seed{seed}' if seed else ''}.json", record)
+    text = write_benchmark_docs(results, docs, STANDARD).read_text()
+    assert "| 10.0 | today's |" in text and "| 10.0 | older † |" in text
+    assert "| pce | points | 0, 1 |" in text and "| pce | points | 0, 1, 2 |" not in text
 
 
 def test_the_recorded_rows_give_the_committed_page(tmp_path: Path) -> None:

@@ -122,6 +122,16 @@ def test_a_key_added_later_at_its_old_behaviour_leaves_a_record_current(recorded
     assert recorded_row.is_current(tmp_path)
 
 
+def test_a_stage_key_that_repeats_the_recipes_value_leaves_a_record_current(recorded_row: Row, tmp_path: Path) -> None:
+    # Recorded with stages.seg.train.lr spelt out at the recipe's own value: the stage ran the same recipe.
+    _edit_record(
+        recorded_row, lambda r: r["recipe"]["stages"].update(seg={"train": {"lr": r["recipe"]["train"]["lr"]}})
+    )
+    assert recorded_row.is_current(tmp_path)
+    _edit_record(recorded_row, lambda r: r["recipe"]["stages"].update(seg={"train": {"lr": 0.123}}))
+    assert not recorded_row.is_current(tmp_path)
+
+
 @pytest.mark.parametrize(
     "edit",
     [
@@ -199,11 +209,22 @@ def _recorded_rows() -> list[Path]:
     return sorted((RECORDED / "standard").glob("*/*.json"))
 
 
+# Rows made before the CAM stage's new defaults (issue 27: learning rates, background threshold and band), marked
+# `older` in docs/benchmarks.md until rerun; a row leaves this list when it is rerun.
+BEFORE_THE_CAM_STAGE = {
+    *(f"{name}{seed}" for name in ("cam-tags", "hfpl-tags", "seam-tags", "ppc-tags", "ppc-hfpl-tags", "cam-boxes",
+                                   "hfpl-boxes") for seed in ("", "-seed1", "-seed2")),
+    "spml-tags", "spml-boxes", "spml-mixed",
+}  # fmt: skip
+
+
 @needs_voc454
 @pytest.mark.parametrize("path", _recorded_rows(), ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_every_recorded_row_is_current(tmp_path: Path, path: Path) -> None:
+def test_every_recorded_row_is_current_but_those_before_the_cam_stage(tmp_path: Path, path: Path) -> None:
     record = json.loads(path.read_text())
     dataset = STANDARD.dataset(record["dataset"])
     row = Row(STANDARD, "standard", dataset, record["method"], record["supervision"], SHARED_DATA, RECORDED,
               record["seed"])  # fmt: skip
-    assert row.json_path == path and row.is_current(tmp_path)
+    assert row.json_path == path
+    older = path.parent.name == "voc454" and path.stem in BEFORE_THE_CAM_STAGE
+    assert row.is_current(tmp_path) != older

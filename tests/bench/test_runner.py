@@ -139,6 +139,12 @@ def test_pseudo_summary_keeps_the_seed_scores_at_every_threshold() -> None:
     summary = pseudo_summary(metrics, PseudoLabelConfig())
     assert summary["seed_thresholds"] == sweep and summary["seed"] == {"miou": 0.2, "boundary_f": 0.1}
     assert summary["pseudo"] == {"miou": 0.25, "coverage": 0.8} and summary["images"] == 4
+    assert "classifier" not in summary
+    classifier = {
+        split: {"map": value, "per_class_ap": {"cat": value}} for split, value in (("train", 0.9), ("val", 0.6))
+    }
+    summary = pseudo_summary({**metrics, "classifier": classifier}, PseudoLabelConfig())
+    assert summary["classifier"] == {"train": {"map": 0.9}, "val": {"map": 0.6}}
 
 
 @pytest.mark.slow

@@ -12,9 +12,11 @@ from weakseg.engine.metrics import (
     BoundaryFScore,
     ConfusionMatrix,
     SegmentationMetrics,
+    average_precision,
     boundary_f_binary,
     boundary_map,
     format_table,
+    multilabel_map,
 )
 
 # 3 classes, 4×4, two ignore pixels (bottom right).
@@ -268,3 +270,28 @@ def test_format_table() -> None:
         "voc          0.712  1449",
         "camvid-long    nan",
     ]
+
+
+def test_average_precision_counts_tied_scores_as_one_threshold() -> None:
+    scores = np.array([0.9, 0.5, 0.5, 0.1])
+    # Thresholds 0.9 (precision 1, recall 1/2) and 0.5 (precision 2/3, recall 1): 1/2 · 1 + 1/2 · 2/3.
+    assert average_precision(scores, np.array([True, False, True, False])) == pytest.approx(5 / 6)
+    assert math.isnan(average_precision(scores, np.zeros(4, dtype=bool)))
+
+
+def test_average_precision_without_ties_is_the_mean_precision_at_each_positive() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        scores, positive = rng.permutation(30) / 30.0, rng.random(30) < 0.3
+        positive[0] = True
+        ranked = positive[np.argsort(-scores)]
+        precisions = [ranked[: i + 1].mean() for i in np.flatnonzero(ranked)]
+        assert average_precision(scores, positive) == pytest.approx(np.mean(precisions))
+
+
+def test_multilabel_map_averages_the_classes_that_occur() -> None:
+    scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.8, 0.4], [0.1, 0.3, 0.6]])
+    present = np.array([[1, 0, 0], [0, 1, 0], [0, 1, 0]])
+    result = multilabel_map(scores, present, ["a", "b", "c"])
+    assert result["per_class_ap"]["a"] == 1.0 and result["per_class_ap"]["b"] == 1.0
+    assert math.isnan(result["per_class_ap"]["c"]) and result["map"] == 1.0

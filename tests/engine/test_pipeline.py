@@ -35,6 +35,8 @@ def test_cam_pipeline_end_to_end(shapes: Path, tmp_path: Path, recipe: str) -> N
     seeds = json.loads((out / "pseudo" / "metrics.json").read_text())
     assert {"baseline", "seed", "refined", "pseudo", "coverage"} <= set(seeds)
     assert 0 < seeds["coverage"] <= 1
+    assert set(seeds["classifier"]) == {"train", "val"}  # the CAM learner's mAP on its own images and on val
+    assert all(0 <= scores["map"] <= 1 and len(scores["per_class_ap"]) == 4 for scores in seeds["classifier"].values())
     # The seeds at every background threshold: the pseudo-labels' own threshold gives the seed score exactly.
     sweep = seeds["seed_thresholds"]
     at = sweep["thresholds"].index(0.15 if recipe == "cam-tags" else 0.5)

@@ -123,7 +123,7 @@ def test_arguments_are_checked() -> None:
         build_method("spml", {"annotation_wieght": 1}, "points", VOC)
     with pytest.raises(ConfigError, match="trains from tags, boxes, points, scribbles, mixed"):
         build_method("spml", None, "full", VOC)
-    with pytest.raises(ConfigError, match="cam_method must be one of cam, hfpl, ppc, seam"):
+    with pytest.raises(ConfigError, match="cam_method must be one of cam, hfpl, ppc, probe, seam"):
         build_method("spml", {"cam_method": "pce"}, "tags", VOC)
     with pytest.raises(ConfigError, match="rounds must be 1, or 2 for tags / boxes / mixed"):
         build_method("spml", {"rounds": 2}, "points", VOC)

@@ -12,13 +12,17 @@ from weakseg.engine.checkpoint import load_checkpoint
 from weakseg.engine.pipeline import Pipeline
 from weakseg.engine.recipe import load_recipe
 from weakseg.losses import PartialCrossEntropy
-from weakseg.methods import METHODS, Method, PseudoLabel, Relabel, Stage, Train
+from weakseg.methods import METHODS, Fit, Method, PseudoLabel, Relabel, Stage, Train
 from weakseg.methods.stages import check_plan
 from weakseg.methods.supervised import FullSupervision, sparse_target
 
 
 def test_a_well_formed_plan_passes() -> None:
-    plan = [Train("cam"), PseudoLabel("pseudo", "cam"), Train("seg", labels_from="pseudo")]
+    plan = [
+        Fit("cam"),
+        PseudoLabel("pseudo", "cam"),
+        Train("seg", labels_from="pseudo"),
+    ]
     assert check_plan(plan) is plan
 
 
@@ -30,6 +34,7 @@ def test_a_well_formed_plan_passes() -> None:
         ([Train("cam"), Train("seg", labels_from="cam")], "reads 'cam', a Train stage"),
         ([Train("a"), Relabel("b", "a"), Relabel("c", "b"), Train("d")], "reads 'b', a Relabel stage"),
         ([Train("cam"), PseudoLabel("pseudo", "cam")], "ends with a training stage"),
+        ([Fit("a"), Relabel("b", "a"), Relabel("c", "b"), Train("d")], "reads 'b', a Relabel stage"),
         ([], "ends with a training stage"),
     ],
 )

@@ -1,12 +1,13 @@
 """``weakseg bench ablate TABLE``: a method's component ablation, variants of a standard-profile bench row.
 
-A table (``weakseg/recipes/ablations/<table>.yaml``) names the bench row its variants change, and per variant the
-recipe overrides (and another row to start from, where it has one). Every stage of a variant runs in this process,
-``until`` a pseudo-label stage (the entry then holds the seed scores on the train images) or to the end (the val
-metrics), and the entries go to ``<results>/ablations/<dataset>-<table>-<supervision>.json`` beside copies of the
-reference bench rows' figures. An entry made with the recipe, labels and ``until`` a variant would run with now is
-not rerun unless ``force``; a variant interrupted earlier continues from its checkpoints (its ``wall_s`` then covers
-this process only, and ``resumed_stages`` says so). A variant without overrides is its bench row itself: it runs in
+A table (``weakseg/recipes/ablations/<table>.yaml``) names the bench row its variants change, the recipe overrides
+of all its variants (optional), and per variant its own overrides (and another row to start from, where it has one).
+Every stage of a variant runs in this process, ``until`` a pseudo-label stage (the entry then holds the seed scores on
+the train images) or to the end (the val metrics), and the entries go to
+``<results>/ablations/<dataset>-<table>-<supervision>.json`` beside copies of the reference bench rows' figures. An
+entry made with the recipe, labels and ``until`` a variant would run with now is not rerun unless ``force``; a variant
+interrupted earlier continues from its checkpoints (its ``wall_s`` then covers this process only, and
+``resumed_stages`` says so). A variant without overrides (its own or the table's) is its bench row itself: it runs in
 the row's folder and reuses the stages the row ran.
 """
 
@@ -39,9 +40,14 @@ SEED_SCORES = {  # an entry's key: the pseudo-label stage's figure
     "best_threshold_seed_miou": ("seed_thresholds", "best", "miou"),
     "best_threshold": ("seed_thresholds", "best", "threshold"),
     "images": ("images",),
+    "classifier_train_map": ("classifier", "train", "map"),
+    "classifier_val_map": ("classifier", "val", "map"),
 }
 
-SEED_HEADER = "| variant | seeds | seed mIoU | seed F | PAMR-refined mIoU | best-threshold seed mIoU | best t |"
+SEED_HEADER = (
+    "| variant | seeds | seed mIoU | seed F | refined mIoU | best-threshold seed mIoU | best t "
+    "| classifier mAP train | classifier mAP val |"
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class AblationTable:
     supervision: str = "points"  # defaults of the command
     dataset: str = "voc454"
     until: str | None = None
+    overrides: tuple[str, ...] = ()  # recipe overrides of every variant, before its own
     per_seed: bool = False  # entries "<variant> / seed <n>", one per seed; else "<variant>" (seed 0)
     references: tuple[str, ...] = ()  # bench rows whose figures the table shows beside the variants
     title: str = "Variants"
@@ -117,8 +124,9 @@ def plan_variants(
             row = Row(protocol, PROFILE, bench, variant.row or table.row, supervision, data_root, results, seed)
             folder = cache / "runs" / "ablations" / dataset / f"{table.name}-{supervision}"
             folder /= f"{index}-{seed}" if table.per_seed else str(index)
-            place = [f"output_dir={folder}"] if variant.overrides else []  # no overrides: the row's own folder
-            recipe = from_dict(Recipe, apply_overrides(to_dict(row.recipe(cache)), [*variant.overrides, *place]))
+            overrides = [*table.overrides, *variant.overrides]
+            place = [f"output_dir={folder}"] if overrides else []  # no overrides: the row's own folder
+            recipe = from_dict(Recipe, apply_overrides(to_dict(row.recipe(cache)), [*overrides, *place]))
             recipe = recipe.check()
             key = f"{variant.name} / seed {seed}" if table.per_seed else variant.name
             provenance = Provenance(record_recipe(recipe), bench.labels_record(), PROFILE)
@@ -200,8 +208,9 @@ def run_variant(run: VariantRun, until: str | None, per_seed: bool, *, force: bo
         for key, path in SEED_SCORES.items():
             value = result.metrics["pseudo_labels"]
             for part in path:
-                value = value[part]
-            entry[key] = value
+                value = value.get(part) if isinstance(value, dict) else None
+            if value is not None:  # the classifier's mAP needs masks
+                entry[key] = value
     entry.update(
         {
             "overrides": list(run.variant.overrides),
@@ -235,13 +244,16 @@ def summary(table: AblationTable, entries: dict, dataset: str, supervision: str)
         for variant in (v for v in table.variants if (v.group or table.title) == group):
             runs = scored.get(variant.name, [])
             if runs:
-                keys = ("seed_miou", "seed_boundary_f", "refined_miou", "best_threshold_seed_miou", "best_threshold")
-                cells = [_spread([r[k] for r in runs]) for k in keys]
+                keys = ("seed_miou", "seed_boundary_f", "refined_miou", "best_threshold_seed_miou", "best_threshold",
+                        "classifier_train_map", "classifier_val_map")  # fmt: skip
+                cells = [_spread([r[k] for r in runs if k in r]) for k in keys]
                 seeds = ", ".join(str(r.get("seed", 0)) for r in runs)
                 lines.append(f"| {variant.name} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def _spread(values: list[float]) -> str:
-    """The value, or the median and range of several."""
+    """The value, the median and range of several, or a dash for none."""
+    if not values:
+        return "—"
     return f"{values[0]:.3f}" if len(values) == 1 else median_range(values)

@@ -7,6 +7,8 @@ import statistics
 from pathlib import Path
 
 from weakseg.bench.protocol import Protocol
+from weakseg.bench.rows import Row
+from weakseg.errors import ConfigError
 from weakseg.methods.base import SUPERVISIONS
 
 PLOT_NAME = "benchmarks-miou-vs-labels.png"
@@ -23,11 +25,15 @@ COLUMNS = (
     ("pseudo_labels.refined.miou", "refined seed", "{:.3f}"),
     ("pseudo_labels.seed_thresholds.best.miou", "best-threshold seed", "{:.3f}"),
     ("pseudo_labels.seed_thresholds.best.threshold", "at t", "{:.2f}"),
+    ("pseudo_labels.classifier.train.map", "classifier mAP train", "{:.3f}"),
+    ("pseudo_labels.classifier.val.map", "classifier mAP val", "{:.3f}"),
     ("train_images_per_s", "train img/s", "{:.1f}"),
     ("infer_images_per_s", "infer img/s", "{:.1f}"),
     ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
     ("wall_s", "wall min", "{:.1f}"),
+    ("recipe_status", "recipe", "{}"),
 )
+CURRENT, OLDER = "today's", "older †"
 
 
 def _order(record: dict, row_order: tuple[str, ...]) -> tuple[int, int, int]:
@@ -52,12 +58,25 @@ def _cell(record: dict, key: str, fmt: str) -> str:
     return fmt.format(value)
 
 
+def made_with_todays_recipe(record: dict, protocol: Protocol) -> bool:
+    """Whether the row's command would train it now with the recipe, labels and profile it was made with (rows made
+    before a default changed are not)."""
+    try:
+        dataset = protocol.dataset(record["dataset"])
+        row = Row(protocol, record["profile"], dataset, record["method"], record["supervision"], Path("data"),
+                  Path("results"), record["seed"])  # fmt: skip
+        return row.provenance(Path("cache")).made(record)
+    except (ConfigError, KeyError):
+        return False
+
+
 def load_records(results: Path, protocol: Protocol) -> dict[str, dict[str, list[dict]]]:
-    """``{profile: {dataset: [records in the protocol's row order]}}``."""
+    """``{profile: {dataset: [records in the protocol's row order]}}``, each with its ``recipe_status``."""
     out: dict[str, dict[str, list[dict]]] = {}
     for path in sorted(results.glob("*/*/*.json")):
         record = json.loads(path.read_text())
         record.setdefault("seed", 0)  # rows from before seeds were recorded were trained with seed 0
+        record["recipe_status"] = CURRENT if made_with_todays_recipe(record, protocol) else OLDER
         out.setdefault(record["profile"], {}).setdefault(record["dataset"], []).append(record)
     for datasets in out.values():
         for records in datasets.values():
@@ -73,6 +92,8 @@ def markdown_table(records: list[dict]) -> str:
 
 
 SEED_COLUMNS = (
+    ("pseudo_labels.classifier.train.map", "classifier mAP (train)"),
+    ("pseudo_labels.classifier.val.map", "classifier mAP (val)"),
     ("pseudo_labels.seed.miou", "seed mIoU"),
     ("pseudo_labels.seed.boundary_f", "seed F"),
     ("pseudo_labels.seed_thresholds.best.miou", "best-threshold seed mIoU"),
@@ -94,22 +115,22 @@ SPREAD_COLUMNS = (
 def seed_table(records: list[dict]) -> str | None:
     """Mean ± standard deviation, then median (min–max), over seeds, for rows trained with more than one seed;
     None if there are none."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in records:
-        groups.setdefault((r["method"], r["supervision"]), []).append(r)
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for r in records:  # seeds made with an older recipe are not pooled with today's
+        groups.setdefault((r["method"], r["supervision"], r.get("recipe_status", CURRENT)), []).append(r)
     groups = {key: rows for key, rows in groups.items() if len(rows) > 1}
     if not groups:
         return None
     titles = [t for _, t in (*SEED_COLUMNS, *SPREAD_COLUMNS)]
-    lines = ["| method | supervision | seeds | " + " | ".join(titles) + " |", "|" + "---|" * (len(titles) + 3)]
-    for (method, supervision), rows in groups.items():
+    lines = ["| method | supervision | seeds | " + " | ".join(titles) + " | recipe |", "|" + "---|" * (len(titles) + 4)]
+    for (method, supervision, status), rows in groups.items():
         cells = []
         for columns, summary in ((SEED_COLUMNS, _mean_sd), (SPREAD_COLUMNS, median_range)):
             for key, _ in columns:
                 values = [v for v in (_value(r, key) for r in rows) if v is not None]
                 cells.append(summary(values) if len(values) > 1 else "—")
         seeds = ", ".join(str(r["seed"]) for r in rows)
-        lines.append(f"| {method} | {supervision} | {seeds} | " + " | ".join(cells) + " |")
+        lines.append(f"| {method} | {supervision} | {seeds} | " + " | ".join(cells) + f" | {status} |")
     return "\n".join(lines)
 
 
@@ -170,6 +191,9 @@ def write_benchmark_docs(results: Path, docs: Path, protocol: Protocol) -> Path:
         "background threshold the pseudo-labels use (0.15 for tags, 0.5 inside boxes), `refined seed` after PAMR,",
         "and `best-threshold seed` at the best of the thresholds 0.00, 0.01, …, 0.95 (`at t`), the figure SEAM and",
         "PPC report.",
+        f"A row whose `recipe` is `{OLDER}` was made with a recipe other than the one its command trains today (it",
+        "predates a change of a default, e.g. the CAM stage's learning rates and background threshold): its figures",
+        "are those of the recipe in its JSON, until its command is run again.",
         "",
     ]
     for profile in sorted(profiles, key=lambda p: list(protocol.profiles).index(p) if p in protocol.profiles else 99):

@@ -122,6 +122,7 @@ STANDARD = Protocol(
         "full-scratch",
         "pce",
         "rloss",
+        "probe",
         "cam",
         "hfpl",
         "seam",

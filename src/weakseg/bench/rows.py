@@ -36,10 +36,26 @@ def method_args_with_defaults(method: str, method_args: dict) -> dict:
     return {k: v for k, v in args.items() if k not in cache_fields(method)}
 
 
+def overriding(overlay: dict, base: dict) -> dict:
+    """The keys of ``overlay`` that change ``base`` when deep-merged onto it (recursively)."""
+    out = {}
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            value = overriding(value, base[key])
+            if value:
+                out[key] = value
+        elif key not in base or base[key] != value:
+            out[key] = value
+    return out
+
+
 def record_recipe(recipe: Recipe) -> dict:
-    """``recipe`` as a record keeps it: resolved (the method's arguments with their defaults), without the output
-    folder, the label folder and the method's cache folders, ``data.root`` as the dataset's folder name."""
+    """``recipe`` as a record keeps it: resolved (the method's arguments with their defaults), its stages' overlays
+    without the keys that repeat the recipe's values, without the output folder, the label folder and the method's
+    cache folders, ``data.root`` as the dataset's folder name."""
     data = to_dict(recipe)
+    stages = {name: overriding(overlay, data) for name, overlay in data["stages"].items()}
+    data["stages"] = {name: overlay for name, overlay in stages.items() if overlay}
     del data["output_dir"]
     del data["data"]["labels"]
     data["data"]["root"] = Path(recipe.data.root).name

@@ -136,14 +136,16 @@ def run_row(row: Row, cache: Path, commit: str, *, resume: bool = False) -> dict
 
 
 def pseudo_summary(metrics: dict, cfg: PseudoLabelConfig) -> dict:
-    """The seed-quality figures a bench row keeps: mIoU and boundary F of each labelling on the train split, and the
-    seed mIoU at every background threshold."""
+    """The seed-quality figures a bench row keeps: mIoU and boundary F of each labelling on the train split, the
+    seed mIoU at every background threshold, and the classifier's mAP on train and val."""
     out = {name: {"miou": metrics[name]["miou"], "boundary_f": metrics[name]["boundary_f"]} for name in STAGES}
     out["pseudo"] = {"miou": metrics["pseudo"]["miou"], "coverage": metrics["coverage"]}
     out["images"] = metrics["images"]
     out["config"] = to_dict(cfg)
     if "seed_thresholds" in metrics:
         out["seed_thresholds"] = metrics["seed_thresholds"]
+    if "classifier" in metrics:
+        out["classifier"] = {split: {"map": m["map"]} for split, m in metrics["classifier"].items()}
     return out
 
 

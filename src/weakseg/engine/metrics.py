@@ -1,4 +1,5 @@
-"""Segmentation metrics: confusion-matrix IoU and accuracy, DAVIS-style boundary F-score, J&F."""
+"""Segmentation metrics: confusion-matrix IoU and accuracy, DAVIS-style boundary F-score, J&F; multi-label average
+precision of an image classifier."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ __all__ = [
     "boundary_f_binary",
     "boundary_map",
     "format_table",
+    "multilabel_map",
 ]
 
 
@@ -258,6 +260,29 @@ class SegmentationMetrics:
         out = self.confusion.compute() | self.boundary.compute()
         out["jf"] = (out["miou"] + out["boundary_f"]) / 2
         return out
+
+
+def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Average precision of one class: ``Σ_n (R_n − R_{n−1}) P_n`` over the images ranked by descending score, each
+    threshold taken at a distinct score (tied images enter together), as scikit-learn's ``average_precision_score``;
+    NaN without positives."""
+    positives = int(positive.sum())
+    if positives == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    ranked, hits = scores[order], positive[order].astype(np.float64)
+    last = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]  # the last image of each run of tied scores
+    true_positives = np.cumsum(hits)[last]
+    precision = true_positives / (last + 1)
+    recall_gain = np.diff(np.r_[0.0, true_positives]) / positives
+    return float((recall_gain * precision).sum())
+
+
+def multilabel_map(scores: np.ndarray, present: np.ndarray, names: list[str] | None = None) -> dict:
+    """Mean average precision of ``N×C`` image scores against ``N×C`` 0/1 class presence, over the classes present in
+    some image; ``per_class_ap`` holds every class's (NaN: never present), keyed by ``names`` when given."""
+    ap = [average_precision(scores[:, c], present[:, c] > 0) for c in range(scores.shape[1])]
+    return {"map": _nanmean(np.array(ap)), "per_class_ap": dict(zip(names, ap, strict=True)) if names else ap}
 
 
 def _cell(value: object) -> str:

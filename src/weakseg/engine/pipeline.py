@@ -28,12 +28,13 @@ from weakseg.data.sample import LABEL_KINDS
 from weakseg.engine.checkpoint import LAST, load_model_from_checkpoint
 from weakseg.engine.device import select_device
 from weakseg.engine.evaluator import evaluate
-from weakseg.engine.pseudo_labels import make_pseudo_labels
+from weakseg.engine.probe import fit_stage
+from weakseg.engine.pseudo_labels import classifier_map, make_pseudo_labels
 from weakseg.engine.recipe import Recipe
 from weakseg.engine.trainer import RESUME_INVARIANTS, Trainer
 from weakseg.errors import ConfigError, DataError, TrainingError
 from weakseg.methods import METHODS, build_method
-from weakseg.methods.stages import PseudoLabel, Relabel, Stage, Train, check_plan
+from weakseg.methods.stages import Fit, ModelStage, PseudoLabel, Relabel, Stage, Train, check_plan
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +90,12 @@ class Pipeline:
         """The recipe a stage runs: overlaid with ``stages.<name>`` and what the plan sets for the stage."""
         stage = self.stage(name)
         data = deep_merge(to_dict(self.recipe), self.recipe.stages.get(name, {}))
-        if isinstance(stage, Train):
+        if isinstance(stage, ModelStage):
             data = deep_merge(data, stage.overlay)
             if "method_args" in stage.overlay:  # another method's arguments replace, not extend, the recipe's
                 data["method_args"] = dict(stage.overlay["method_args"])
-            if stage.labels_from is not None:
-                data["data"]["train_masks"] = str(self.labels_dir(stage.labels_from).resolve())
+        if isinstance(stage, Train) and stage.labels_from is not None:
+            data["data"]["train_masks"] = str(self.labels_dir(stage.labels_from).resolve())
         elif isinstance(stage, Relabel):
             data = deep_merge(data, {"eval": stage.eval})
         data["output_dir"] = str(self.stage_dir(name))
@@ -111,7 +112,7 @@ class Pipeline:
         metrics = folder / "metrics.json"
         if not metrics.is_file():
             return False
-        if not isinstance(self.stage(name), Train):
+        if not isinstance(self.stage(name), ModelStage):
             return json.loads(metrics.read_text()).get("config") == self._labelling_fingerprint(name)
         recipe_file = folder / "recipe.yaml"
         if not recipe_file.is_file():
@@ -148,7 +149,7 @@ class Pipeline:
             if resume and start is None and self.finished(name):
                 log.info("stage %s: finished, skipped (%s)", name, self.stage_dir(name))
                 resumed.append(name)
-                if isinstance(stage, Train):
+                if isinstance(stage, ModelStage):
                     images_per_s, weights = self._recorded_training(name)
                 continue
             begin = time.perf_counter()
@@ -156,6 +157,9 @@ class Pipeline:
                 self.run_pseudo_labels(stage)
             elif isinstance(stage, Relabel):
                 self.run_relabel(stage)
+            elif isinstance(stage, Fit):
+                fitted = fit_stage(self.stage_recipe(name), progress=self.progress)
+                images_per_s, weights = fitted.images_per_s, fitted.weights_source
             else:
                 images_per_s, weights, continued = self.run_training(name, resume=resume and start is None)
                 resumed += [name] if continued else []
@@ -193,12 +197,28 @@ class Pipeline:
         )  # fmt: skip
         metrics["config"] = config
         metrics["cam_step"] = state["step"]
+        if "mask" in dataset.kinds:
+            metrics["classifier"] = self._classifier_maps(model, recipe, dataset, device)
         _write_on_main(self.stage_dir(stage.name) / "metrics.json", metrics)
         if "seed" in metrics:
             log.info("stage %s: seed mIoU %.4f, refined %.4f, pseudo-labels %.4f on %.1f%% of the pixels", stage.name,
                      metrics["seed"]["miou"], metrics["refined"]["miou"], metrics["pseudo"]["miou"],
                      100 * metrics["coverage"])  # fmt: skip
         return metrics
+
+    def _classifier_maps(
+        self, model: torch.nn.Module, recipe: Recipe, train: SegmentationDataset, device: torch.device
+    ) -> dict:
+        """The CAM learner's multi-label mAP on the training images and, where the val split has masks, on those."""
+        scores = {"train": classifier_map(model, train, device, progress=self.progress)}
+        try:
+            val = SegmentationDataset(recipe.data, recipe.data.val_split, kinds=("mask",), required=("mask",))
+        except DataError as exc:
+            log.info("the classifier is not scored on %s: no usable masks (%s)", recipe.data.val_split, exc)
+        else:
+            scores["val"] = classifier_map(model, val, device, progress=self.progress)
+        log.info("classifier mAP: %s", ", ".join(f"{split} {m['map']:.3f}" for split, m in scores.items()))
+        return scores
 
     def run_relabel(self, stage: Relabel) -> dict:
         """Stage ``source``'s model (its inference under the stage's ``eval`` settings) labels every training image:
@@ -229,7 +249,7 @@ class Pipeline:
             return metrics
         label_maps = []
         for stage in self.plan:
-            if isinstance(stage, Train):
+            if isinstance(stage, ModelStage):
                 continue
             key, title = LABEL_RECORDS[type(stage)]
             scores = self.stage_dir(stage.name) / "metrics.json"

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
@@ -17,7 +18,7 @@ from weakseg.data.dataset import SegmentationDataset
 from weakseg.data.formats import write_label_png
 from weakseg.data.sample import Sample, sample_classes
 from weakseg.engine.device import normalize
-from weakseg.engine.metrics import ConfusionMatrix, SegmentationMetrics
+from weakseg.engine.metrics import ConfusionMatrix, SegmentationMetrics, multilabel_map
 from weakseg.pseudo import DenseCRF
 from weakseg.pseudo.cam import (
     SEED_THRESHOLDS,
@@ -183,6 +184,28 @@ def make_pseudo_labels(
                 "best": {"threshold": SEED_THRESHOLDS[best], "miou": mious[best]},
             }
     return result
+
+
+@torch.no_grad()
+def classifier_map(model: torch.nn.Module, dataset: SegmentationDataset, device: torch.device, *,
+                   progress: bool = True) -> dict:  # fmt: skip
+    """Multi-label mAP of a CAM learner's image scores (its class score maps on the whole image, average-pooled: the
+    logits it is trained on) against the foreground classes of each image's mask, over the images of ``dataset``
+    (which has masks). A classifier that ranks its own training images badly gives weak CAMs: this shows it at once.
+    Under torchrun each process scores its share of the images."""
+    class_set = dataset.class_set
+    foreground = [c for c in range(class_set.num_classes) if c != class_set.background]
+    model.eval()
+    rows = []
+    for i in tqdm(distributed.shard(len(dataset)), desc="classifier", disable=not (progress and distributed.is_main()),
+                  dynamic_ncols=True):  # fmt: skip
+        sample = dataset[i]
+        image = torch.from_numpy(sample.image).permute(2, 0, 1)[None].to(device)
+        scores = model(normalize(image, *model.mean_std), decode=False)["cam"].float().mean((2, 3))[0, foreground]
+        rows.append((scores.cpu().numpy(), np.isin(foreground, np.unique(sample.maps["mask"]))))
+    rows = [row for part in distributed.all_gather_objects(rows) for row in part]
+    names = [class_set.names[c] for c in foreground]
+    return multilabel_map(np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]), names)
 
 
 def threshold_confusions(

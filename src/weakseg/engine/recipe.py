@@ -22,7 +22,7 @@ class TrainConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    backbone_lr_mult: float = 1.0  # the backbone's learning rate relative to the head's
+    backbone_lr_mult: float = 1.0  # learning rate of the ImageNet-initialised layers (backbone, CAM neck) vs the rest
     schedule: str = "poly"  # poly | cosine | constant
     poly_power: float = 0.9
     warmup_steps: int = 0

@@ -165,11 +165,11 @@ class Trainer:
 
     def _optimizer(self) -> torch.optim.Optimizer:
         t = self.recipe.train
-        backbone = list(self.model.backbone.parameters())
-        ids = {id(p) for p in backbone}
+        pretrained = self.model.pretrained_parameters()  # the backbone and the heads' ImageNet layers
+        ids = {id(p) for p in pretrained}
         rest = [p for p in self.model.parameters() if id(p) not in ids]
         groups = [
-            {"params": backbone, "lr_mult": t.backbone_lr_mult},
+            {"params": pretrained, "lr_mult": t.backbone_lr_mult},
             {"params": rest, "lr_mult": 1.0},
         ]
         if t.optimizer == "sgd":

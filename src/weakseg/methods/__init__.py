@@ -1,9 +1,10 @@
-from weakseg.methods import cam, pmp, ppc, rloss, spml, supervised
+from weakseg.methods import cam, pmp, ppc, probe, rloss, spml, supervised
 from weakseg.methods.base import METHODS, Method, build_method, learners, method_plan, register_method
-from weakseg.methods.stages import PseudoLabel, Relabel, Stage, Train
+from weakseg.methods.stages import Fit, PseudoLabel, Relabel, Stage, Train
 
 __all__ = [
     "METHODS",
+    "Fit",
     "Method",
     "PseudoLabel",
     "Relabel",
@@ -15,6 +16,7 @@ __all__ = [
     "method_plan",
     "pmp",
     "ppc",
+    "probe",
     "register_method",
     "rloss",
     "spml",

@@ -49,6 +49,12 @@ class Method:
         default; e.g. CAM → pseudo-labels → segmentation for the CAM learners)."""
         return [Train("train")]
 
+    @classmethod
+    def trains_by_steps(cls, supervision: str) -> bool:
+        """Whether the method's first stage trains by gradient steps with its default arguments (a linear probe fits
+        its head instead), so that another method can add its own loss terms to those steps."""
+        return isinstance(cls.plan(supervision, from_dict(cls.Args, {}, "method_args"))[0], Train)
+
     def label_kinds(self) -> tuple[str, ...]:
         """Label kinds the training split must load (``mask`` only for full supervision)."""
         if self.supervision == "full":

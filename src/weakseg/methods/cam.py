@@ -20,7 +20,7 @@ from weakseg.data.sample import LABEL_KINDS
 from weakseg.errors import ConfigError
 from weakseg.losses import EquivarianceLoss, FeatureSimilarityLoss, ImportanceSamplingLoss
 from weakseg.methods.base import Method, register_method
-from weakseg.methods.stages import PseudoLabel, Stage, Train
+from weakseg.methods.stages import Fit, PseudoLabel, Stage, Train
 from weakseg.methods.supervised import FullSupervision
 from weakseg.models.backbones import create_pre_logits
 from weakseg.models.heads import CAMHead
@@ -60,10 +60,10 @@ def label_map_classes(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return present[:, :num_classes]
 
 
-def cam_pipeline(segmentation: Train, overlay: dict | None = None) -> list[Stage]:
-    """Stages 1–2 of a CAM pipeline (train the learner; its CAMs label the training images, stage ``pseudo``), then
-    ``segmentation``, which trains on those labels. ``overlay`` sets the learner stage's recipe keys."""
-    return [Train("cam", overlay or {}), PseudoLabel("pseudo", source="cam"), segmentation]
+def cam_pipeline(learner: Train | Fit, segmentation: Train) -> list[Stage]:
+    """A CAM pipeline: the ``learner`` stage (named ``cam``), its CAMs label the training images (stage ``pseudo``),
+    then ``segmentation``, which trains on those labels."""
+    return [learner, PseudoLabel("pseudo", source=learner.name), segmentation]
 
 
 def rescaled_view(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -105,11 +105,11 @@ class CAMLearner(Method):
         if self.args.neck == "pretrained":
             neck = create_pre_logits(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.weights)
         head = CAMHead(model.head_input_channels("backbone"), self.class_set.num_classes, *(neck or ()))
-        model.add_head("cam", head, "backbone")
+        model.add_head("cam", head, "backbone", pretrained=head.neck if neck else None)
 
     @classmethod
     def plan(cls, supervision: str, args: CAMArgs) -> list[Stage]:
-        return cam_pipeline(Train("seg", SEGMENTATION_ON_LABELS, labels_from="pseudo"))
+        return cam_pipeline(Train("cam"), Train("seg", SEGMENTATION_ON_LABELS, labels_from="pseudo"))
 
     def image_tags(self, batch: dict) -> torch.Tensor:
         """B×C' 0/1 foreground tags: the image's tags, or the classes of the boxes inside the crop."""

@@ -58,7 +58,7 @@ class PPC(Method):
 
     def __init__(self, args: PPCArgs, supervision: str, class_set: ClassSet) -> None:
         super().__init__(args, supervision, class_set)
-        bases = [name for name in learners("cam") if name != self.name]
+        bases = [name for name in learners("cam") if name != self.name and METHODS[name].trains_by_steps(supervision)]
         if args.base not in bases:
             raise ConfigError(f"method_args.base must be a CAM learner ({', '.join(bases)}), not {args.base!r}")
         base_cls = METHODS[args.base]

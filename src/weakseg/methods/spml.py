@@ -14,12 +14,13 @@ settings) at 1/8 of the image.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from weakseg.config import from_dict
 from weakseg.data.classes import ClassSet
 from weakseg.data.dataset import DataConfig
 from weakseg.data.sample import LABEL_KINDS, Sample
@@ -32,9 +33,9 @@ from weakseg.losses.spml import (
     SemanticAnnotation,
     SemanticCooccurrence,
 )
-from weakseg.methods.base import Method, learners, register_method
-from weakseg.methods.cam import cam_pipeline, crop_tags, label_map_classes
-from weakseg.methods.stages import Relabel, Stage, Train
+from weakseg.methods.base import METHODS, Method, learners, register_method
+from weakseg.methods.cam import crop_tags, label_map_classes
+from weakseg.methods.stages import PseudoLabel, Relabel, Stage, Train
 from weakseg.methods.supervised import sparse_target
 from weakseg.models.heads import EmbeddingClassifier, ProjectionHead
 from weakseg.models.segmentor import ModelConfig, SegmentationModel
@@ -91,13 +92,18 @@ class SPML(Method):
 
     @classmethod
     def plan(cls, supervision: str, args: SPMLArgs) -> list[Stage]:
-        """Points, scribbles: one stage. Tags, boxes, mixed: the CAM pipeline of ``cam_method``, SPML trained on its
-        pseudo-labels; with two rounds, that model relabels the training images (random walk, dense CRF) and SPML
-        trains again on its labels."""
+        """Points, scribbles: one stage. Tags, boxes, mixed: the CAM pipeline of ``cam_method`` (its own learner
+        stage), SPML trained on its pseudo-labels; with two rounds, that model relabels the training images (random
+        walk, dense CRF) and SPML trains again on its labels."""
         if supervision not in CAM_SUPERVISIONS:
             return super().plan(supervision, args)
-        learner = {"method": args.cam_method, "method_args": dict(args.cam_args)}
-        stages = cam_pipeline(Train("seg", labels_from="pseudo"), learner)
+        learner = METHODS[args.cam_method]
+        learner_plan = learner.plan(supervision, from_dict(learner.Args, args.cam_args, "method_args.cam_args"))
+        pseudo = next(stage for stage in learner_plan if isinstance(stage, PseudoLabel))
+        overlay = {"method": args.cam_method, "method_args": dict(args.cam_args)}
+        stages = [replace(stage, overlay=overlay) if stage.name == pseudo.source else stage
+                  for stage in learner_plan[: learner_plan.index(pseudo) + 1]]  # fmt: skip
+        stages.append(Train("seg", labels_from=pseudo.name))
         if args.rounds == 2:
             stages += [Relabel("relabel", source="seg", eval={"crf": args.relabel_crf}),
                        Train("seg2", labels_from="relabel")]  # fmt: skip
@@ -108,7 +114,7 @@ class SPML(Method):
         if args.dim < 2:
             raise ConfigError(f"method_args.dim must be at least 2, not {args.dim}")
         args.oversegment.check()
-        cam_learners = learners("cam")  # cam, seam, hfpl, ppc
+        cam_learners = learners("cam")  # cam, seam, hfpl, ppc, probe
         if args.cam_method not in cam_learners:
             raise ConfigError(
                 f"method_args.cam_method must be one of {', '.join(cam_learners)}, not {args.cam_method!r}"

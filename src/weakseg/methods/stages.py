@@ -22,6 +22,15 @@ class Train:
 
 
 @dataclass(frozen=True)
+class Fit:
+    """Fit the method's head on the frozen backbone's features of every training image (cached), without gradient
+    steps: a linear probe. ``overlay`` as for :class:`Train`."""
+
+    name: str
+    overlay: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class PseudoLabel:
     """Label every training image with the CAMs of stage ``source``'s model (the recipe's ``pseudo`` settings)."""
 
@@ -39,22 +48,23 @@ class Relabel:
     eval: dict = field(default_factory=dict)
 
 
-Stage = Train | PseudoLabel | Relabel
+Stage = Train | Fit | PseudoLabel | Relabel
+ModelStage = Train | Fit  # stages that make a model (a checkpoint)
 LabelStage = PseudoLabel | Relabel  # stages that write label maps for the training images
 
 
 def check_plan(plan: list[Stage]) -> list[Stage]:
     """``plan`` itself, after checking that names are unique, that a stage reads only stages before it, that labels
-    come from labelling stages and models from training stages."""
+    come from labelling stages and models from training or fitting stages, and that it ends with a training stage."""
     seen: dict[str, Stage] = {}
     for stage in plan:
         if stage.name in seen:
             raise ValueError(f"stage {stage.name!r} appears twice in the plan")
-        wanted = stage.labels_from if isinstance(stage, Train) else stage.source
+        wanted = stage.labels_from if isinstance(stage, Train) else getattr(stage, "source", None)
         if wanted is not None:
             if wanted not in seen:
                 raise ValueError(f"stage {stage.name!r} reads {wanted!r}, which does not run before it")
-            expected = Train if isinstance(stage, LabelStage) else LabelStage
+            expected = LabelStage if isinstance(stage, Train) else ModelStage
             if not isinstance(seen[wanted], expected):
                 raise ValueError(f"stage {stage.name!r} reads {wanted!r}, a {type(seen[wanted]).__name__} stage")
         seen[stage.name] = stage

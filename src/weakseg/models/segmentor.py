@@ -61,6 +61,7 @@ class SegmentationModel(nn.Module):
         )
         self.heads = nn.ModuleDict()
         self._head_inputs: dict[str, str] = {}
+        self._pretrained_parts: list[nn.Module] = []  # modules of heads that start from ImageNet weights
         self._classifier_input = "decoder"  # or a decoder-fed head (set_classifier)
         self._classifier_detached = False
         self.num_classes = num_classes
@@ -80,13 +81,25 @@ class SegmentationModel(nn.Module):
             return self.backbone.info.channels[-1]
         raise ConfigError(f"head input must be one of {HEAD_INPUTS}, not {source!r}")
 
-    def add_head(self, name: str, head: nn.Module, source: str = "decoder") -> None:
-        """Attach an auxiliary head fed by the decoder features or the backbone's coarsest features."""
+    def add_head(
+        self, name: str, head: nn.Module, source: str = "decoder", *, pretrained: nn.Module | None = None
+    ) -> None:
+        """Attach an auxiliary head fed by the decoder features or the backbone's coarsest features; ``pretrained``
+        is the part of it that starts from ImageNet weights (e.g. the backbone's own pre-pooling layers), which
+        trains with the backbone (:meth:`pretrained_parameters`)."""
         self.head_input_channels(source)
         if name in self.heads or name in ("logits", "decoder", "features"):
             raise ValueError(f"a head named {name!r} already exists")
         self.heads[name] = head.to(memory_format=torch.channels_last) if self.channels_last else head
         self._head_inputs[name] = source
+        if pretrained is not None:
+            self._pretrained_parts.append(pretrained)
+
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """The parameters that start from ImageNet weights: the backbone's and those of the heads' pretrained parts
+        (the trainer gives them ``train.backbone_lr_mult``)."""
+        modules = [self.backbone, *self._pretrained_parts]
+        return list({id(p): p for module in modules for p in module.parameters()}.values())
 
     def set_classifier(self, classifier: nn.Module, source: str = "decoder", *, detach: bool = True) -> None:
         """Replace the classifier; ``source`` = a decoder-fed head makes it read that head's output, detached by default
