@@ -28,10 +28,10 @@ from weakseg.engine.pseudo_labels import make_pseudo_labels
 from weakseg.methods import PseudoLabel, learners
 from weakseg.pseudo.cam import PseudoLabelConfig
 
-VARIANTS = {
-    "none": {"refine": "none"},
-    "pamr": {"refine": "pamr"},
-    "random walk": {"refine": "random_walk"},
+VARIANTS = {  # each sets both keys: the recipe's own may refine otherwise
+    "none": {"refine": "none", "crf": False},
+    "pamr": {"refine": "pamr", "crf": False},
+    "random walk": {"refine": "random_walk", "crf": False},
     "dense CRF": {"refine": "none", "crf": True},
     "pamr + dense CRF": {"refine": "pamr", "crf": True},
 }

@@ -136,7 +136,8 @@ def test_a_tiny_ablation_end_to_end(tiny: Protocol, places: dict) -> None:
 @pytest.mark.slow
 def test_a_tiny_seed_ablation_runs_until_the_pseudo_labels(tiny: Protocol, places: dict) -> None:
     table = AblationTable(
-        "cam", "cam", (AblationVariant("cam"), AblationVariant("no refinement", ("pseudo.refine=none",))),
+        "cam", "cam",
+        (AblationVariant("cam"), AblationVariant("no refinement", ("pseudo.refine=none", "pseudo.crf=false"))),
         supervision="tags", until="pseudo", per_seed=True, title="Seeds",
     )  # fmt: skip
     entries = ablate(tiny, table, seeds=[0], **places)

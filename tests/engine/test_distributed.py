@@ -256,7 +256,8 @@ def test_torchrun_trains_a_multi_stage_recipe_with_sharded_pseudo_labels(shapes:
     pseudo = json.loads((out / "pseudo" / "metrics.json").read_text())
     assert pseudo["images"] == 8 and 0.0 <= pseudo["seed"]["miou"] <= 1.0
     sweep = pseudo["seed_thresholds"]  # scored on both processes' images, like the seed at the labels' threshold
-    assert sweep["miou"][sweep["thresholds"].index(0.15)] == pytest.approx(pseudo["seed"]["miou"], abs=1e-12)
+    threshold = pseudo["config"]["pseudo"]["background_param"]
+    assert sweep["miou"][sweep["thresholds"].index(threshold)] == pytest.approx(pseudo["seed"]["miou"], abs=1e-12)
     assert len(list((out / "pseudo" / "labels").glob("*.png"))) == 8  # each process labelled half
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["final_stage"] == "seg" and summary["processes"] == WORLD

@@ -29,11 +29,11 @@ from weakseg.models.segmentor import SegmentationModel
 @dataclass
 class ProbeArgs:
     neck: str = "pretrained"  # the backbone's own pre-pooling layers (CAMArgs.neck); the probe needs them
-    # the views of each training image: voc454 seeds 0.526 at t=0.3 from 1 and 0.5 (+ flips), 0.524 from the
-    # pseudo-labels' 1, 0.5 and 1.5, at 2.5/7 of the backbone's work (docs/cam-and-hfpl.md, "The probe")
+    # the views of each training image; the pseudo-labels' 1.5 view would cost 2.25× the full-size one
+    # (`weakseg bench ablate probe` compares them)
     scales: tuple[float, ...] = (1.0, 0.5)
     flip: bool = True  # each scale mirrored too
-    l2: float = 0.0  # weight of ‖W‖² beside the mean soft margin (voc454: 0 seeds better than 1e-4)
+    l2: float = 0.0  # weight of ‖W‖² beside the mean soft margin (`weakseg bench ablate probe` tries 1e-4)
     iterations: int = 500  # L-BFGS iterations at most
     feature_cache: str | None = None  # folder of cached pooled features; None: <output_dir>/features
 
