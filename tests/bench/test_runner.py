@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from weakseg.bench.protocol import Protocol
+from weakseg.bench.protocol import STANDARD, Protocol
 from weakseg.bench.rows import Row
 from weakseg.bench.runner import (
     ROW_MARKER,
     bench,
     claim_run_folder,
+    describe_stage,
     pseudo_summary,
     run_child_process,
     run_row,
@@ -25,6 +26,7 @@ from weakseg.bench.runner import (
 )
 from weakseg.config import from_dict, to_dict
 from weakseg.data.formats import write_json
+from weakseg.engine.pipeline import Pipeline
 from weakseg.engine.trainer import Trainer
 from weakseg.pseudo.cam import PseudoLabelConfig
 
@@ -149,6 +151,15 @@ def test_pseudo_summary_keeps_the_seed_scores_at_every_threshold() -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_fitted_stage_is_described_by_what_it_was_fitted_on(tmp_path: Path) -> None:
+    voc = STANDARD.dataset("voc454")
+    rows = (Row(STANDARD, "standard", voc, method, "tags", tmp_path, tmp_path) for method in ("cam", "probe"))
+    cam, probe = (Pipeline(row.recipe(tmp_path), progress=False) for row in rows)
+    assert describe_stage(cam, "cam") == "cam: 300 steps × batch 8, crop 256, scale [0.4, 0.7]"
+    fitted = "probe: head fitted on frozen features, neck pretrained, scales [1.0, 0.5], flip True"
+    assert describe_stage(probe, "cam").startswith(fitted)
+
+
 def test_a_terminated_bench_stops_its_row_process(tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
     sleeper = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"

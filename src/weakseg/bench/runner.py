@@ -20,17 +20,22 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from weakseg.bench.docs import write_benchmark_docs
 from weakseg.bench.labels import describe_labels, ensure_labels
 from weakseg.bench.protocol import Protocol
-from weakseg.bench.rows import Provenance, Row, plan_rows
+from weakseg.bench.rows import Provenance, Row, method_args_with_defaults, plan_rows
 from weakseg.config import from_dict, to_dict
 from weakseg.data.dataset import SegmentationDataset
 from weakseg.data.formats import write_json
 from weakseg.engine.pseudo_labels import STAGES
 from weakseg.errors import WeakSegError
+from weakseg.methods import Fit
 from weakseg.pseudo.cam import PseudoLabelConfig
+
+if TYPE_CHECKING:
+    from weakseg.engine.pipeline import Pipeline
 
 ROW_MARKER = "bench-row.json"  # in a run folder: the provenance its checkpoints were trained under
 
@@ -125,14 +130,22 @@ def run_row(row: Row, cache: Path, commit: str, *, resume: bool = False) -> dict
     if result.resumed_stages:
         record["resumed_stages"] = result.resumed_stages
     if pipeline.multi_stage:
-        first = pipeline.stage_recipe(pipeline.names[0])
-        record["stages"] = {
-            "wall_s": result.stage_wall_s,
-            pipeline.names[0]: f"{first.method}: {first.train.steps} steps × batch {first.train.batch_size}, "
-            f"crop {first.augment.crop_size}, scale {list(first.augment.scale_range)}",
-        }
+        first = pipeline.names[0]
+        record["stages"] = {"wall_s": result.stage_wall_s, first: describe_stage(pipeline, first)}
         record["pseudo_labels"] = pseudo_summary(m["pseudo_labels"], recipe.pseudo)
     return record
+
+
+def describe_stage(pipeline: Pipeline, name: str) -> str:
+    """A model stage as a row's record describes it: its schedule, or what a fitted head was fitted on."""
+    recipe = pipeline.stage_recipe(name)
+    if isinstance(pipeline.stage(name), Fit):
+        args = method_args_with_defaults(recipe.method, recipe.method_args)
+        return f"{recipe.method}: head fitted on frozen features, " + ", ".join(f"{k} {v}" for k, v in args.items())
+    return (
+        f"{recipe.method}: {recipe.train.steps} steps × batch {recipe.train.batch_size}, "
+        f"crop {recipe.augment.crop_size}, scale {list(recipe.augment.scale_range)}"
+    )
 
 
 def pseudo_summary(metrics: dict, cfg: PseudoLabelConfig) -> dict:
