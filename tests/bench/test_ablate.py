@@ -72,8 +72,13 @@ def test_unknown_variants_and_seeds_of_a_seedless_table_are_refused(data_root: P
         plan_variants(STANDARD, load_table("pmp"), variants=None, seeds=[1], **places)
 
 
+def _recorded_tables() -> list[Path]:
+    """The ablation tables' records (``benchmarks.cam_refinement`` writes its ``*-refinement.json`` beside them)."""
+    return sorted(p for p in (RECORDED / "ablations").glob("*-*-*.json") if not p.stem.endswith("-refinement"))
+
+
 @needs_voc454
-@pytest.mark.parametrize("path", sorted((RECORDED / "ablations").glob("*-*-*.json")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", _recorded_tables(), ids=lambda p: p.stem)
 def test_the_recorded_variants_are_current(path: Path, tmp_path: Path) -> None:
     entries = json.loads(path.read_text())
     dataset, rest = path.stem.split("-", 1)
