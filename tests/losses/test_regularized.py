@@ -65,11 +65,20 @@ def value_and_grad(loss_fn, logits: torch.Tensor):
 def test_dense_crf_loss_exact_matches_pairwise_sum(tiny):
     image, logits = tiny
     W = kernel_matrix(image, 3.0, 40.0)
-    loss = DenseCRFLoss(weight=1e-2, sigma_rgb=40.0, sigma_xy=3.0, scale_factor=1.0, kernel="exact")
+    loss = DenseCRFLoss(weight=1e-2, sigma_rgb=40.0, sigma_xy=3.0, scale_factor=1.0, kernel="exact", kernel_height=1)
     value, grad = value_and_grad(lambda p: loss(p, image), logits)
     ref_value, ref_grad = value_and_grad(lambda p: brute_crf(p, W, 1e-2), logits)
     torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-7)
+
+
+def test_dense_crf_loss_weight_is_in_the_reference_units(tiny):
+    """The reference's lattice returns 1/1.80 of the Gaussian sum: the default weight means what it means there."""
+    image, logits = tiny
+    probs = torch.softmax(logits, 1)
+    W = kernel_matrix(image, 3.0, 40.0)
+    loss = DenseCRFLoss(weight=1e-2, sigma_rgb=40.0, sigma_xy=3.0, scale_factor=1.0, kernel="exact")(probs, image)
+    torch.testing.assert_close(loss.double(), brute_crf(probs, W, 1e-2) / 1.80, rtol=1e-5, atol=1e-8)
 
 
 def test_dense_crf_loss_accepts_logits(tiny):
@@ -83,7 +92,7 @@ def test_roi_removes_padding_pixels_from_every_pair(tiny):
     image, logits = tiny
     roi = torch.ones(2, 4, 5)
     roi[:, :, 3:] = 0
-    loss = DenseCRFLoss(weight=1.0, sigma_rgb=40.0, sigma_xy=3.0, scale_factor=1.0, kernel="exact")
+    loss = DenseCRFLoss(weight=1.0, sigma_rgb=40.0, sigma_xy=3.0, scale_factor=1.0, kernel="exact", kernel_height=1)
     value, grad = value_and_grad(lambda p: loss(p, image, roi), logits)
     inside = (slice(None), slice(None), slice(None), slice(0, 3))
     W = kernel_matrix(image[inside], 3.0, 40.0)
@@ -94,13 +103,16 @@ def test_roi_removes_padding_pixels_from_every_pair(tiny):
 
 
 def test_scale_factor_filters_the_downscaled_image_and_softmax():
-    image = structured_image(8, 12)
-    probs = smooth_probs(2, 3, 8, 12)
-    loss = DenseCRFLoss(weight=1.0, sigma_rgb=20.0, sigma_xy=8.0, scale_factor=0.5, kernel="exact")(probs, image)
-    small = torch.nn.functional.interpolate(image, size=(4, 6), mode="bilinear")
+    """As the reference: floor(size × scale), the image by nearest-neighbour sampling (every other pixel here, from
+    the first), the softmax bilinearly."""
+    image = structured_image(9, 13)
+    probs = smooth_probs(2, 3, 9, 13)
+    loss = DenseCRFLoss(1.0, sigma_rgb=20.0, sigma_xy=8.0, scale_factor=0.5, kernel="exact", kernel_height=1)
+    value = loss(probs, image)
+    small = image[:, :, 0:8:2, 0:12:2]
     small_probs = torch.nn.functional.interpolate(probs, size=(4, 6), mode="bilinear")
     ref = brute_crf(small_probs, kernel_matrix(small, 4.0, 20.0), 1.0)
-    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(value.double(), ref, rtol=1e-5, atol=1e-6)
 
 
 def test_permutohedral_crf_loss_is_close_to_exact():
@@ -122,7 +134,7 @@ def test_local_kernel_matches_windowed_pairs(tiny):
     ys, xs = torch.meshgrid(torch.arange(4), torch.arange(5), indexing="ij")
     ys, xs = ys.flatten(), xs.flatten()
     inside = ((ys[:, None] - ys[None]).abs() <= 1) & ((xs[:, None] - xs[None]).abs() <= 1)
-    loss = DenseCRFLoss(1.0, sigma_rgb=40.0, sigma_xy=3.0, scale_factor=1.0, kernel="local", window=3)
+    loss = DenseCRFLoss(1.0, sigma_rgb=40.0, sigma_xy=3.0, scale_factor=1.0, kernel="local", window=3, kernel_height=1)
     value, grad = value_and_grad(lambda p: loss(p, image), logits)
     ref_value, ref_grad = value_and_grad(lambda p: brute_crf(p, W * inside, 1.0), logits)
     torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-6)

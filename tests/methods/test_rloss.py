@@ -72,16 +72,24 @@ def test_bad_arguments_are_config_errors(args: dict, message: str) -> None:
 
 
 @pytest.mark.parametrize("supervision", ["points", "scribbles"])
-def test_recipes_train_both_phases(shapes, tmp_path, supervision: str) -> None:
-    overrides = tiny_overrides(shapes, tmp_path / supervision, "train.steps=4", "method_args.kernel=permutohedral")
+@pytest.mark.parametrize(("start", "with_crf"), [(None, [True] * 4), (0.5, [False, False, True, True])])
+def test_recipes_train_with_the_crf_from_the_start_or_in_a_second_phase(
+    shapes, tmp_path, supervision: str, start: float | None, with_crf: list[bool]
+) -> None:
+    """The recipes train with the CRF term from the first step (the reference's PyTorch port); regularizer_start=0.5
+    gives the lecture's two phases (steps 0, 1 | 2, 3, 0-based)."""
+    extra = [f"method_args.regularizer_start={start}"] if start is not None else []
+    overrides = tiny_overrides(
+        shapes, tmp_path / supervision, "train.steps=4", "method_args.kernel=permutohedral", *extra
+    )
     recipe = load_recipe([f"rloss-{supervision}"], overrides)
-    assert recipe.method == "rloss" and recipe.method_args["regularizer_start"] == 0.5
+    assert recipe.method == "rloss" and recipe.method_args["regularizer_start"] == (start or 0.0)
     trainer = Trainer(recipe, progress=False)
     trainer.fit()
     steps = [row for row in trainer.history if "loss" in row]
     assert [row["step"] for row in steps] == [1, 2, 3, 4]
-    assert ["crf" in row for row in steps] == [False, False, True, True]  # steps 0, 1 | 2, 3 (0-based)
-    assert all(row["crf"] < 0 and row["loss"] < row["pce"] for row in steps[2:])
+    assert ["crf" in row for row in steps] == with_crf
+    assert all(row["crf"] < 0 and row["loss"] < row["pce"] for row in steps if "crf" in row)
 
 
 def test_crf_and_nc_share_one_filtering(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,12 +8,15 @@
 (``kernel="permutohedral"``, approximate and linear-time, or ``"exact"``), or the same kernel restricted to a
 ``window × window`` neighbourhood (``"local"``, the Gated CRF loss). The losses take the class scores (softmax
 probabilities, or logits with ``from_logits=True``) at any resolution, the ``B×3×H×W`` image on the 0–255 scale and
-an optional region-of-interest mask (``B×H×W``, 0 on padding); scores are resized to the image scaled by
-``scale_factor`` (σ_xy scaled with it), as in the reference implementation. ``W`` is never differentiated: since it
-is symmetric, ``∂(SᵀWS)/∂S = 2·W·S`` comes from the one filtering of the forward pass.
+an optional region-of-interest mask (``B×H×W``, 0 on padding). As in the reference code (``DenseCRFLoss.py``), the
+filtering runs at ``floor(size · scale_factor)`` with σ_xy scaled by the same factor: the image and the ROI are
+shrunk by nearest-neighbour sampling, the scores bilinearly. ``W`` is never differentiated: since it is symmetric,
+``∂(SᵀWS)/∂S = 2·W·S`` comes from the one filtering of the forward pass.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +25,10 @@ from torch import nn
 from weakseg.ops.bilateral import dense_gaussian_filter, local_gaussian_filter, pixel_features
 
 KERNELS = ("permutohedral", "exact", "local")
+# Our filters approximate the Gaussian sum itself (peak 1); the reference's C++ lattice returns about 1/1.80 of it
+# (measured against that code on identical inputs: our loss was 1.80× the reference's at the same weight).
+# DenseCRFLoss scales W by this, so that its ``weight`` is in the reference's units (2e-9 means what it means there).
+REFERENCE_KERNEL_HEIGHT = 1 / 1.80
 
 
 class BilateralKernel(nn.Module):
@@ -46,12 +53,13 @@ class BilateralKernel(nn.Module):
     def prepare(
         self, scores: torch.Tensor, image: torch.Tensor, roi: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Scores, image and ROI at the filtering resolution; scores are zeroed outside the ROI."""
+        """Scores, image and ROI at ``floor(size · scale_factor)``: the image and ROI by nearest-neighbour sampling,
+        the scores bilinearly (the reference's resizing); scores are zeroed outside the ROI."""
         h, w = image.shape[-2:]
-        size = (max(1, round(h * self.scale_factor)), max(1, round(w * self.scale_factor)))
+        size = (max(1, math.floor(h * self.scale_factor)), max(1, math.floor(w * self.scale_factor)))
         image = image.float()
         if size != (h, w):
-            image = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+            image = F.interpolate(image, size=size, mode="nearest")
         if scores.shape[-2:] != size:
             scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
         roi = torch.ones_like(image[:, 0]) if roi is None else resize_roi(roi, size)
@@ -92,7 +100,11 @@ def symmetric_quadratic(values: torch.Tensor, filtered: torch.Tensor) -> torch.T
 
 
 class DenseCRFLoss(nn.Module):
-    """``weight · (−Σ_k S_kᵀ W S_k) / B`` (the lecture's Potts relaxation; reference weight 2e-9 at scale 0.5)."""
+    """``weight · (−Σ_k S_kᵀ (h·W) S_k) / B`` (the lecture's Potts relaxation; reference weight 2e-9 at scale 0.5).
+
+    ``h`` (``kernel_height``) is the height of the reference's lattice kernel, so that ``weight`` is in its units;
+    ``kernel_height=1`` gives the plain Gaussian kernel.
+    """
 
     def __init__(
         self,
@@ -103,9 +115,10 @@ class DenseCRFLoss(nn.Module):
         kernel: str = "permutohedral",
         window: int = 11,
         from_logits: bool = False,
+        kernel_height: float = REFERENCE_KERNEL_HEIGHT,
     ) -> None:
         super().__init__()
-        self.weight, self.from_logits = weight, from_logits
+        self.weight, self.from_logits, self.kernel_height = weight, from_logits, kernel_height
         self.kernel = BilateralKernel(sigma_rgb, sigma_xy, scale_factor, kernel, window)
 
     def forward(self, scores: torch.Tensor, image: torch.Tensor, roi: torch.Tensor | None = None) -> torch.Tensor:
@@ -114,7 +127,7 @@ class DenseCRFLoss(nn.Module):
 
     def from_filtered(self, probs: torch.Tensor, filtered: torch.Tensor) -> torch.Tensor:
         """The loss from prepared ``probs`` and ``W·probs`` (for callers that filter once for several losses)."""
-        return -self.weight * symmetric_quadratic(probs, filtered).sum() / probs.shape[0]
+        return -self.weight * self.kernel_height * symmetric_quadratic(probs, filtered).sum() / probs.shape[0]
 
 
 class NormalizedCutLoss(nn.Module):

@@ -1,8 +1,8 @@
 """``rloss``: partial cross-entropy plus the regularized losses (Tang et al., CVPR'18 / ECCV'18; the lecture).
 
-Two phases in one run, as the lecture's recipe: partial CE alone for the first ``regularizer_start`` fraction of
-``train.steps``, then partial CE + dense CRF loss (+ normalized cut, + entropy when their weights are set) for the
-rest, the learning rate continuing its schedule. The regularisers see the softmax of the logits, the image and the
+Partial CE + dense CRF loss (+ normalized cut, + entropy when their weights are set) from the first step, as the
+reference's PyTorch port; ``regularizer_start`` > 0 gives the lecture's two phases in one run (partial CE alone for
+that fraction of ``train.steps``, the learning rate continuing its schedule). The regularisers see the softmax of the logits, the image and the
 map of real (non-padding) pixels of the augmented crop.
 """
 
@@ -21,7 +21,7 @@ from weakseg.methods.supervised import PartialCE, PartialCEArgs
 
 @dataclass
 class RegularizedLossArgs(PartialCEArgs):
-    crf_weight: float = 2e-9  # the reference's weight at scale 0.5 (its crops are 512², ours are set per recipe)
+    crf_weight: float = 2e-9  # in the reference's units, its weight at scale 0.5 on 513² crops (recipes rescale it)
     nc_weight: float = 0.0
     entropy_weight: float = 0.0
     sigma_rgb: float = 15.0
@@ -29,7 +29,7 @@ class RegularizedLossArgs(PartialCEArgs):
     scale_factor: float = 0.5
     kernel: str = "permutohedral"  # permutohedral | exact | local (Gated CRF window)
     window: int = 11  # local kernel only
-    regularizer_start: float = 0.5  # fraction of train.steps trained with partial CE alone (phase 1)
+    regularizer_start: float = 0.0  # fraction of train.steps with partial CE alone (0: the PyTorch reference)
 
 
 @register_method
