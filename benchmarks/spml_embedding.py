@@ -5,7 +5,7 @@
 
 Per image, at the model's input size: the mean cosine between each pixel's embedding and the image's mean embedding
 (1 = every pixel embedded alike, a collapsed embedding), and the fraction of pixels the classifier (without the
-random walk) labels foreground; with ``--labels`` (a folder of training label maps, e.g. a CAM pipeline's
+walk) labels foreground; with ``--labels`` (a folder of training label maps, e.g. a CAM pipeline's
 pseudo-labels), the fraction of their labelled pixels that are foreground. Prints the medians over the images. The
 run's dataset is read from its folder under ``--data-root``.
 """

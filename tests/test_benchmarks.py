@@ -32,7 +32,7 @@ def test_the_entry_points_are_the_indexed_ones() -> None:
     index = (Path(__file__).parents[1] / "benchmarks" / "README.md").read_text()
     assert ENTRY_POINTS == [
         "bilateral_accuracy", "cam_refinement", "cam_statistics", "export_parity", "oversegmentation", "pmp_blots",
-        "pmp_pseudo", "seed_thresholds", "speed", "spml_embedding",
+        "pmp_pseudo", "rloss_weight", "seed_thresholds", "speed", "spml_embedding",
     ]  # fmt: skip
     for name in ENTRY_POINTS:
         assert f"python -m benchmarks.{name}" in index

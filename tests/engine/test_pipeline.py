@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import tiny_overrides
 from weakseg.data.sample import LABEL_KINDS
@@ -64,22 +65,25 @@ def test_spml_from_tags_and_boxes_trains_on_the_cam_pseudo_labels(shapes: Path, 
     out = tmp_path / recipe
     extra = ("stages.cam.train.steps=2", f"method_args.region_cache={tmp_path / 'regions'}")
     result = _pipeline(shapes, out, recipe, *extra).run()
-    two_rounds = ["relabel", "seg2"] if recipe == "spml-tags" else []  # SPML's second pseudo-labelling round
-    assert list(result.stage_wall_s) == ["cam", "pseudo", "seg", *two_rounds]
+    assert list(result.stage_wall_s) == ["cam", "pseudo", "seg", "relabel", "classifier"]
     assert load_checkpoint(out / "cam" / "last.pt")["recipe"]["method"] == "cam"
     seg = load_checkpoint(out / "seg" / "last.pt")
     assert seg["recipe"]["method"] == "spml" and seg["recipe"]["data"]["train_masks"].endswith("pseudo/labels")
     assert any(k.startswith("heads.embedding.") for k in seg["model"]) and len(seg["method"]["bank._extra_state"]) == 2
     assert 0 <= result.metrics["miou"] <= 1 and "seed" in result.metrics["pseudo_labels"]
-    if two_rounds:
-        assert len(list((out / "relabel" / "labels").glob("*.png"))) == 8
-        assert 0 <= result.metrics["relabel"]["miou"] <= 1
-        second = load_checkpoint(out / "seg2" / "last.pt")["recipe"]
-        assert second["data"]["train_masks"].endswith("relabel/labels")
-        assert result.final_checkpoint.parent.name == "seg2"
-        again = _pipeline(shapes, out, recipe, *extra)
-        assert all(again.finished(name) for name in again.names)  # resume skips every stage, relabel included
-        assert final_checkpoint(out) == out / "seg2" / "last.pt"  # `weakseg eval RUN_DIR` takes the final model
+    # The initial classifier relabels the training images; a new classifier on the frozen embedding learns them.
+    assert len(list((out / "relabel" / "labels").glob("*.png"))) == 8
+    assert 0 <= result.metrics["relabel"]["miou"] <= 1
+    final = load_checkpoint(out / "classifier" / "last.pt")
+    assert final["recipe"]["data"]["train_masks"].endswith("relabel/labels")
+    assert final["recipe"]["method_args"]["classifier_only"] is True
+    for name, value in final["model"].items():
+        assert name.startswith("classifier.") or torch.equal(value, seg["model"][name]), name  # the embedding: frozen
+    assert not torch.equal(final["model"]["classifier.net.0.weight"], seg["model"]["classifier.net.0.weight"])
+    assert result.final_checkpoint.parent.name == "classifier"
+    again = _pipeline(shapes, out, recipe, *extra)
+    assert all(again.finished(name) for name in again.names)  # resume skips every stage, relabel included
+    assert final_checkpoint(out) == out / "classifier" / "last.pt"  # `weakseg eval RUN_DIR` takes the final model
 
 
 @pytest.mark.slow
@@ -92,7 +96,7 @@ def test_spml_trains_from_mixed_supervision(shapes: Path, tmp_path: Path) -> Non
         f"method_args.region_cache={tmp_path / 'r'}",
     )
     result = _pipeline(shapes, tmp_path / "run", "spml-mixed", *extra).run()
-    assert list(result.stage_wall_s) == ["cam", "pseudo", "seg"]
+    assert list(result.stage_wall_s) == ["cam", "pseudo", "seg", "relabel", "classifier"]
     seeds = json.loads((tmp_path / "run" / "pseudo" / "metrics.json").read_text())
     assert seeds["images"] == len(assignment) == 8 and seeds["kind"] == "mixed"
     assert 0 <= result.metrics["miou"] <= 1

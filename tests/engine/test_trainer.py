@@ -126,14 +126,14 @@ def test_checkpoint_rebuilds_the_model(shapes: Path, tmp_path: Path) -> None:
 
 
 def test_checkpoint_overrides_reach_the_rebuilt_method(shapes: Path, tmp_path: Path) -> None:
-    """``weakseg eval CKPT method_args.random_walk=false`` turns SPML's inference walk off: the overrides apply before
-    the method builds the model's classifier; an unknown key is refused."""
+    """``weakseg eval CKPT method_args.classifier_dropout=0.1``: the overrides apply before the method builds the
+    model's classifier; an unknown key is refused."""
     _trainer(shapes, tmp_path, "spml-points", "train.steps=1").fit()
-    with_walk, _, _ = load_model_from_checkpoint(tmp_path / "last.pt", torch.device("cpu"))
-    without, recipe, _ = load_model_from_checkpoint(tmp_path / "last.pt", torch.device("cpu"),
-                                                    ["method_args.random_walk=false"])  # fmt: skip
-    assert with_walk.classifier.refine is not None and without.classifier.refine is None
-    assert recipe.method_args["random_walk"] is False
+    saved, _, _ = load_model_from_checkpoint(tmp_path / "last.pt", torch.device("cpu"))
+    changed, recipe, _ = load_model_from_checkpoint(tmp_path / "last.pt", torch.device("cpu"),
+                                                    ["method_args.classifier_dropout=0.1"])  # fmt: skip
+    assert saved.classifier.net[3].p == 0.65 and changed.classifier.net[3].p == 0.1
+    assert recipe.method_args["classifier_dropout"] == 0.1
     with pytest.raises(ConfigError, match="no_such_key"):
         load_model_from_checkpoint(tmp_path / "last.pt", torch.device("cpu"), ["method_args.no_such_key=1"])
 

@@ -12,6 +12,7 @@ from weakseg.losses.cam import (
     FeatureSimilarityLoss,
     ImportanceSamplingLoss,
     max_normalised_cam,
+    minmax_normalised_cam,
     sample_positions,
 )
 
@@ -28,17 +29,27 @@ def brute_fsl(
     mu: float,
     sigma: float,
     window: int | None = None,
+    normalise: str = "minmax",
+    background: bool = True,
 ) -> torch.Tensor:
-    """−(1/HW) Σ_ij w_ij g(r_i, r_j) f(δ_ij) per image, mean over the batch, with explicit loops over ordered pairs."""
+    """−(1/HW) Σ_ij w_ij g(r_i, r_j) f(δ_ij) per image, mean over the batch, with explicit loops over ordered pairs;
+    r per class by max (eq. 4) or min-max (the reference's max_norm), plus the background 1 − max_c r_c."""
     b, c, h, w = scores.shape
     total = scores.new_zeros(())
     for n in range(b):
         ok = torch.ones(h, w, dtype=torch.bool) if valid is None else valid[n]
         classes = []
         for k in range(c):
-            relu = scores[n, k].clamp_min(0) * ok
-            classes.append(relu / relu.max().clamp_min(1e-5) * float(present[n, k]))
-        r = torch.stack(classes)  # C×h×w
+            relu = scores[n, k].clamp_min(0)
+            if normalise == "max":
+                r_k = relu * ok / (relu * ok).max().clamp_min(1e-5)
+            else:
+                low, high = relu[ok].min(), relu[ok].max()
+                r_k = (relu - low - 1e-5).clamp_min(0) / (high - low + 1e-5) * ok
+            classes.append(r_k * float(present[n, k]))
+        if background:
+            classes.append((1 - torch.stack(classes).amax(0)) * ok)
+        r = torch.stack(classes)  # C(+1)×h×w
         pixels = [(y, x) for y in range(h) for x in range(w) if ok[y, x]]
         pair_sum = scores.new_zeros(())
         for yi, xi in pixels:
@@ -128,6 +139,17 @@ def test_max_normalised_cam_peaks_at_one_and_guards_all_negative_classes() -> No
     torch.testing.assert_close(r, F.relu(scores) / F.relu(scores).flatten(2).amax(-1).clamp_min(1e-5)[..., None, None])
 
 
+def test_minmax_normalised_cam_spans_zero_to_one_over_the_valid_pixels() -> None:
+    """The reference's max_norm: relu(ReLU(s) − min − ε) / (max − min + ε); pixels outside ``valid`` set neither."""
+    scores = torch.tensor([[[[1.0, 3.0, -2.0], [2.0, 100.0, 5.0]]]], dtype=torch.float64)
+    valid = torch.ones(1, 2, 3, dtype=torch.bool)
+    valid[0, 1, 1] = False
+    r = minmax_normalised_cam(scores, valid)
+    eps = 1e-5  # ReLU: min 0 (at −2), max 5
+    want = torch.tensor([[1 - eps, 3 - eps, 0.0], [2 - eps, 0.0, 5 - eps]], dtype=torch.float64) / (5 + eps)
+    torch.testing.assert_close(r[0, 0], want)
+
+
 def test_max_normalised_cam_takes_the_max_over_valid_pixels_only() -> None:
     scores = torch.rand(1, 2, 3, 3, dtype=torch.float64)
     scores[0, :, 0, 0] = 100.0  # outside the valid region: must not set the normaliser
@@ -144,24 +166,31 @@ def test_max_normalised_cam_takes_the_max_over_valid_pixels_only() -> None:
 
 
 @pytest.mark.parametrize(
-    ("window", "chunk", "masked", "mu"),
+    ("window", "chunk", "masked", "mu", "normalise", "background"),
     [
-        (None, 4096, False, 2.5),
-        (None, 5, False, 2.5),
-        (None, 7, True, 2.5),
-        (1, 4096, False, 2.5),
-        (2, 4096, False, 2.5),
-        (1, 4096, True, 2.5),
-        (None, 4096, True, -1.0),
-        (2, 4096, True, 0.0),
+        (None, 4096, False, 2.5, "minmax", True),
+        (None, 5, False, 2.5, "minmax", True),
+        (None, 7, True, 2.5, "minmax", True),
+        (1, 4096, False, 2.5, "minmax", True),
+        (2, 4096, True, 2.5, "minmax", True),
+        (None, 4096, False, 2.5, "max", False),
+        (None, 7, True, 2.5, "max", False),
+        (1, 4096, True, 2.5, "max", False),
+        (None, 4096, True, -1.0, "max", True),
+        (2, 4096, True, 0.0, "minmax", False),
     ],
 )
-def test_fsl_matches_pairwise_loops(fsl_case, window: int | None, chunk: int, masked: bool, mu: float) -> None:
+def test_fsl_matches_pairwise_loops(
+    fsl_case, window: int | None, chunk: int, masked: bool, mu: float, normalise: str, background: bool
+) -> None:
     scores, image, present, valid = fsl_case
     valid = valid if masked else None
-    loss = FeatureSimilarityLoss(mu=mu, sigma=1.5, window=window, chunk=chunk)
+    loss = FeatureSimilarityLoss(mu=mu, sigma=1.5, window=window, chunk=chunk, normalise=normalise,
+                                 background=background)  # fmt: skip
     value, grad = value_and_grad(lambda s: loss(s, image, present, valid), scores)
-    ref_value, ref_grad = value_and_grad(lambda s: brute_fsl(s, image, present, valid, mu, 1.5, window), scores)
+    ref_value, ref_grad = value_and_grad(
+        lambda s: brute_fsl(s, image, present, valid, mu, 1.5, window, normalise, background), scores
+    )
     assert ref_value.abs() > 1e-4 and ref_grad.abs().max() > 1e-4  # a non-trivial case
     torch.testing.assert_close(value, ref_value, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-12)
@@ -190,7 +219,7 @@ def test_fsl_sign_flips_at_sigmoid_minus_mu(side: int) -> None:
     image[0, :, 0, 1] = delta  # ‖x_i − x_j‖₁ / 3 = δ
     scores = torch.tensor([[[[2.0, 0.5]]]], dtype=torch.float64)
     present = torch.ones(1, 1)
-    loss = FeatureSimilarityLoss(mu=mu, sigma=sigma)
+    loss = FeatureSimilarityLoss(mu=mu, sigma=sigma, normalise="max", background=False)  # the paper's eq. 4 r
     value, grad = value_and_grad(lambda s: loss(s, image, present), scores)
     # Two ordered pairs, HW = 2: −(1/2)·2·w·f·½(1 − 0.25)².
     f = math.tanh(mu + math.log(delta / (1 - delta)))
@@ -216,8 +245,8 @@ def test_fsl_absent_classes_do_not_contribute(fsl_case) -> None:
     torch.testing.assert_close(value2, value, rtol=1e-13, atol=1e-15)
     torch.testing.assert_close(grad2, grad, rtol=1e-13, atol=1e-15)
     assert (grad[absent] == 0).all()
-    # and an all-absent batch gives exactly zero
-    assert float(loss(scores, image, torch.zeros_like(present), valid)) == 0.0
+    # and an all-absent batch gives zero (the background channel is then 1 everywhere)
+    assert abs(float(loss(scores, image, torch.zeros_like(present), valid))) < 1e-15
 
 
 def test_fsl_low_precision_inputs_compute_in_float32(fsl_case) -> None:

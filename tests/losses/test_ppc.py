@@ -23,16 +23,24 @@ from weakseg.losses.ppc import (
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def loop_assignments(scores, present, background, valid):
-    """Per pixel: the max-normalised present-class scores, background constant, argmax; confidences."""
+def loop_normalised(scores, valid, n, k, normalise="max"):
+    """One class map: max-normalised (eq. 4), or min-max (the reference's max_norm) over the valid pixels."""
+    relu = scores[n, k].clamp_min(0)
+    if normalise == "max":
+        return relu * valid[n] / max(float((relu * valid[n]).max()), 1e-5)
+    low, high = float(relu[valid[n]].min()), float(relu[valid[n]].max())
+    return (relu - low - 1e-5).clamp_min(0) / (high - low + 1e-5) * valid[n]
+
+
+def loop_assignments(scores, present, background, valid, normalise="max"):
+    """Per pixel: the normalised present-class scores, background constant, argmax; confidences."""
     b, c, h, w = scores.shape
     labels = torch.empty(b, h, w, dtype=torch.long)
     confidence = torch.zeros(b, c + 1, h, w)
     for n in range(b):
         r = torch.zeros(c, h, w)
         for k in range(c):
-            relu = scores[n, k].clamp_min(0) * valid[n]
-            r[k] = relu / max(float(relu.max()), 1e-5) * float(present[n, k])
+            r[k] = loop_normalised(scores, valid, n, k, normalise) * float(present[n, k])
         for y in range(h):
             for x in range(w):
                 values = [float(r[k, y, x]) for k in range(c)] + [background]
@@ -57,6 +65,30 @@ def loop_prototypes(embeddings, labels, confidence, top_k):
     return prototypes, exists
 
 
+def loop_reference_prototypes(embeddings, scores, confidence, valid, top_k, background):
+    """The reference's prototypes: each foreground class from the top-K valid pixels of the batch by its min-max CAM
+    (present or not, labelled or not), weighted by it; the background from the top-K by 1 − max_c r_c, weight
+    constant."""
+    b, c, h, w = scores.shape
+    pixels = [(n, y, x) for n in range(b) for y in range(h) for x in range(w)]
+    cams = [[loop_normalised(scores, valid, n, k, "minmax") for k in range(c)] for n in range(b)]
+    prototypes, exists = torch.zeros(c + 1, embeddings.shape[1], dtype=torch.float64), torch.zeros(c + 1, dtype=bool)
+    for k in range(c + 1):
+        inside = [i for i, (n, y, x) in enumerate(pixels) if valid[n, y, x]]
+        if k < c:
+            rank = {i: float(cams[pixels[i][0]][k][pixels[i][1], pixels[i][2]]) for i in inside}
+            weight = rank
+        else:
+            rank = {i: float(confidence[i, c]) for i in inside}
+            weight = dict.fromkeys(inside, background)
+        chosen = sorted(inside, key=lambda i: -rank[i])[:top_k]
+        total = sum(weight[i] for i in chosen)
+        if total > 0:
+            mean = sum(weight[i] * embeddings[i].double() for i in chosen) / total
+            prototypes[k], exists[k] = mean / mean.norm(), True
+    return prototypes, exists
+
+
 def loop_info_nce(v, y, prototypes, exists, tau, mining=None):
     """−log(exp(v·p_y/τ) / Σ_{c ∈ allowed} exp(v·p_c/τ)), the allowed set spelled out per pixel; None if no positive."""
     if y < 0 or not exists[y]:
@@ -72,12 +104,14 @@ def loop_info_nce(v, y, prototypes, exists, tau, mining=None):
     return -(sims[y] / tau - math.log(sum(math.exp(sims[c] / tau) for c in allowed)))
 
 
-def loop_info_nce_tensor(v, y, prototypes, exists, tau, mining=None):
-    """Differentiable version of :func:`loop_info_nce` (for gradients), pixel by pixel."""
+def loop_info_nce_tensor(v, y, prototypes, exists, tau, mining=None, rank_positive=False):
+    """Differentiable version of :func:`loop_info_nce` (for gradients), pixel by pixel; with ``rank_positive`` the
+    mined ranks run over all prototypes, the positive included."""
     if y < 0 or not exists[y]:
         return None
     sims = [(v @ prototypes[c].to(v.dtype)) if exists[c] else None for c in range(len(exists))]
-    negatives = sorted((c for c in range(len(exists)) if exists[c] and c != y), key=lambda c: -float(sims[c].detach()))
+    ranked = (c for c in range(len(exists)) if exists[c] and (rank_positive or c != y))
+    negatives = sorted(ranked, key=lambda c: -float(sims[c].detach()))
     if mining is not None:
         negatives = negatives[mining[0] : mining[0] + mining[1]]
     terms = torch.stack([sims[y] / tau] + [sims[c] / tau for c in negatives])
@@ -176,6 +210,29 @@ def test_mining_keeps_exactly_the_ranks_four_to_thirteen_of_the_negatives() -> N
     torch.testing.assert_close(loss[0], want)
 
 
+def test_reference_mining_ranks_the_positive_with_the_others() -> None:
+    """The reference ranks all prototypes: ranks 4–13 of the 21 include the positive (class 5 ranks 6th here), which
+    then sits in the denominator twice."""
+    k = 21
+    prototypes, exists = torch.eye(k, dtype=torch.float64), torch.ones(k, dtype=torch.bool)
+    similarity = torch.linspace(0.9, -0.9, k, dtype=torch.float64)
+    loss, _ = prototype_contrast(similarity[None].clone(), torch.tensor([5]), prototypes, exists, 1.0, (3, 10), True)
+    kept = list(range(3, 13))
+    want = -similarity[5] + torch.logsumexp(torch.stack([similarity[5], *similarity[kept]]), 0)
+    torch.testing.assert_close(loss[0], want)
+
+
+def test_reference_sampling_counts_single_pixel_classes_in_the_denominator() -> None:
+    """Class 0 has 4 pixels, class 1 one: the class average divides by 1 (classes with ≥ 2 pixels) or, as the
+    reference, by 2."""
+    labels, counts = torch.tensor([0, 0, 0, 0, 1]), torch.ones(5, dtype=torch.bool)
+    similarity = torch.linspace(-1, 1, 5)
+    ours = hard_pixel_weights(similarity, labels, counts, random_fraction=0.5, hard_range=(0.0, 0.0))
+    reference = hard_pixel_weights(similarity, labels, counts, 0.5, (0.0, 0.0), small_classes_count=True)
+    assert float(ours.sum()) == pytest.approx(1.0) and float(reference.sum()) == pytest.approx(0.5)
+    assert float(reference[4]) == 0.0
+
+
 def test_mining_leaves_no_negative_when_the_batch_has_too_few_prototypes() -> None:
     prototypes, exists = torch.eye(4, dtype=torch.float64), torch.ones(4, dtype=torch.bool)
     v = F.normalize(torch.rand(3, 4, dtype=torch.float64), dim=1)
@@ -227,17 +284,23 @@ def test_sampling_is_reproducible_with_a_generator() -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def loop_ppc(embeddings, scores, present, valid, alpha, beta, tau, top_k, background, mining):
+def loop_ppc(embeddings, scores, present, valid, alpha, beta, tau, top_k, background, mining, objective):
     """α·(L^cp + L^cc) + β·L^intra from loops (no pixel sampling), each term averaged over the two views."""
+    reference = objective == "reference"
     views = []
     for v, s in zip(embeddings, scores, strict=True):
-        labels, confidence = loop_assignments(s.detach(), present, background, valid)
+        labels, confidence = loop_assignments(s.detach(), present, background, valid, "minmax" if reference else "max")
         pixels = v.permute(0, 2, 3, 1).reshape(-1, v.shape[1])
         flat_labels, flat_conf = labels.reshape(-1), confidence.permute(0, 2, 3, 1).reshape(pixels.shape[0], -1)
-        views.append((pixels, flat_labels, *loop_prototypes(pixels.detach(), flat_labels, flat_conf, top_k)))
+        if reference:
+            protos = loop_reference_prototypes(pixels.detach(), s.detach(), flat_conf, valid, top_k, background)
+        else:
+            protos = loop_prototypes(pixels.detach(), flat_labels, flat_conf, top_k)
+        views.append((pixels, flat_labels, *protos))
 
     def mean(v, y, p, has, mine=None):
-        values = [loop_info_nce_tensor(v[i], int(y[i]), p, has, tau, mine) for i in range(len(y))]
+        values = [loop_info_nce_tensor(v[i], int(y[i]), p, has, tau, mine, reference and mine is not None)
+                  for i in range(len(y))]  # fmt: skip
         values = [x for x in values if x is not None]
         return torch.stack(values).mean() if values else v.sum() * 0
 
@@ -249,16 +312,18 @@ def loop_ppc(embeddings, scores, present, valid, alpha, beta, tau, top_k, backgr
     return alpha * (cp + cc) + beta * intra
 
 
+@pytest.mark.parametrize("objective", ["reference", "present"])
 @pytest.mark.parametrize("mining", [None, (1, 2)])
-def test_loss_matches_the_loop_values_and_gradients(mining) -> None:
+def test_loss_matches_the_loop_values_and_gradients(mining, objective: str) -> None:
     embeddings, scores, present, valid = _views(4)
     scores = [s + 3 for s in scores]  # no ties in the confidences (the top-K of tied pixels is arbitrary)
     embeddings = [e.requires_grad_() for e in embeddings]
-    loss_fn = PixelPrototypeContrastLoss(alpha=0.1, beta=0.3, top_k=3, background=0.6, mining=mining, sampling=False)
+    loss_fn = PixelPrototypeContrastLoss(alpha=0.1, beta=0.3, top_k=3, background=0.6, mining=mining, sampling=False,
+                                         objective=objective)  # fmt: skip
     loss, _ = loss_fn(tuple(embeddings), tuple(scores), present, (valid, valid))
     loss.backward()
     mirror = [e.detach().clone().requires_grad_() for e in embeddings]
-    want = loop_ppc(mirror, scores, present, valid, 0.1, 0.3, 0.1, 3, 0.6, mining)
+    want = loop_ppc(mirror, scores, present, valid, 0.1, 0.3, 0.1, 3, 0.6, mining, objective)
     want.backward()
     torch.testing.assert_close(loss, want.to(loss.dtype))
     for got, ref in zip(embeddings, mirror, strict=True):
@@ -288,7 +353,8 @@ def test_terms_are_returned_and_nothing_is_left_on_the_module() -> None:
 
 def test_sampled_intra_term_is_the_weighted_per_pixel_loss() -> None:
     embeddings, scores, present, valid = _views(6)
-    loss_fn = PixelPrototypeContrastLoss(alpha=0.0, beta=1.0, cross_prototype=False, cross_cam=False, mining=None)
+    loss_fn = PixelPrototypeContrastLoss(alpha=0.0, beta=1.0, cross_prototype=False, cross_cam=False, mining=None,
+                                         objective="present")  # fmt: skip
     generator = torch.Generator().manual_seed(0)
     got, _ = loss_fn(tuple(embeddings), tuple(scores), present, (valid, valid), generator=generator)
     g = torch.Generator().manual_seed(0)

@@ -66,6 +66,21 @@ def test_spherical_kmeans_matches_numpy_per_image(iterations: int) -> None:
         assert got[b].tolist() == numpy_kmeans(x[b].numpy(), init[b].numpy(), 6, iterations).tolist()
 
 
+def test_spherical_kmeans_clusters_the_valid_pixels_only() -> None:
+    """Padding is assigned a cluster but never moves a centroid: the valid pixels' clusters are those of k-means on
+    the valid pixels alone."""
+    g = torch.Generator().manual_seed(2)
+    x = F.normalize(torch.randn(2, 40, 5, generator=g, dtype=torch.float64), dim=2)
+    init = torch.randint(0, 4, (2, 40), generator=g)
+    valid = torch.rand(2, 40, generator=g) > 0.4
+    got = spherical_kmeans(x, init, 4, 5, valid)
+    for b in range(2):
+        keep = valid[b].numpy()
+        want = numpy_kmeans(x[b].numpy()[keep], init[b].numpy()[keep], 4, 5)
+        assert got[b][valid[b]].tolist() == want.tolist()
+    assert got.tolist() != spherical_kmeans(x, init, 4, 5).tolist()
+
+
 def test_split_segments_respects_every_partition_and_the_image() -> None:
     g = torch.Generator().manual_seed(1)
     clusters, labels, regions = (torch.randint(0, n, (2, 30), generator=g) for n in (3, 2, 4))
@@ -296,6 +311,22 @@ def test_relations_match_their_sets_written_out(tags: list) -> None:
     want, _ = loop_loss(e_next, *swapped, relations, bank=[memory])
     for name in ("similarity", "annotation", "cooccurrence"):
         torch.testing.assert_close(terms[name], want[name], msg=f"{name} with memory")
+
+
+def test_image_similarity_is_averaged_per_image() -> None:
+    """An image with fewer real pixels weighs as much as the other: the batch's term is the mean of each image's."""
+    e, labels, regions, tags = _batch()
+    valid = torch.ones(2, 4, 4, dtype=torch.bool)
+    valid[1, :, 1:] = False  # image 1: 4 real pixels, image 0: 16
+
+    def similarity(*args) -> torch.Tensor:
+        off = SemanticAnnotation(0, 1), SemanticCooccurrence(0, 1)
+        loss_fn = PixelSegmentContrastLoss(ImageSimilarity(1.0, 16.0), *off, grid=(1, 1), iterations=2)
+        return loss_fn(*args)[1]["similarity"]
+
+    alone = [similarity(e[i : i + 1], labels[i : i + 1], regions[i : i + 1], tags[i : i + 1], valid[i : i + 1])
+             for i in range(2)]  # fmt: skip
+    torch.testing.assert_close(similarity(e, labels, regions, tags, valid), (alone[0] + alone[1]) / 2)
 
 
 def test_memory_bank_keeps_the_last_iterations_detached() -> None:

@@ -123,3 +123,13 @@ def test_seam_sees_the_rescaled_crop_and_ties_the_views() -> None:
 def test_seam_arguments_are_checked() -> None:
     with pytest.raises(ConfigError, match="view_size must be at least 32"):
         build_method("seam", {"view_size": 8}, "tags", VOC)
+
+
+def test_hfpl_fsl_follows_the_reference_code_by_default() -> None:
+    """Min-max normalised class maps and the background channel (``train_cam_voc.py``); the paper's r on request."""
+    method = build_method("hfpl", {}, "tags", VOC)
+    assert method.similarity.normalise == "minmax" and method.similarity.background
+    paper = build_method("hfpl", {"fsl_normalise": "max", "fsl_background": False}, "tags", VOC)
+    assert paper.similarity.normalise == "max" and not paper.similarity.background
+    with pytest.raises(ConfigError, match="normalise must be one of max, minmax"):
+        build_method("hfpl", {"fsl_normalise": "l2"}, "tags", VOC)

@@ -1,5 +1,5 @@
-"""SPML from points and scribbles: the embedding head, the classifier on the detached embedding, the random-walk
-refinement at inference, the loss terms, the memory bank in the method's state."""
+"""SPML: the embedding head, the classifier on the detached embedding, the loss terms, the memory bank in the
+method's state, the plan (initial classifier → relabel → final classifier) and the final classifier's stage."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import torch.nn.functional as F
 
 from tests.methods.test_cam import VOC, _model
 from weakseg.data.dataset import DataConfig
+from weakseg.engine.trainer import set_train_mode
 from weakseg.errors import ConfigError, TrainingError
 from weakseg.methods import Method, PseudoLabel, Relabel, Train, build_method
 from weakseg.models.segmentor import ModelConfig
-from weakseg.pseudo.random_walk import RandomWalk
 
 
 def _batch(b: int = 2, size: int = 64) -> dict:
@@ -76,18 +76,44 @@ def test_image_classes_are_the_foreground_labels_of_each_image() -> None:
     assert classes[0].nonzero()[:, 0].tolist() == [7] and classes[1].nonzero()[:, 0].tolist() == [14]
 
 
-def test_inference_refines_the_classifier_by_the_random_walk() -> None:
+def test_inference_is_the_classifier_alone() -> None:
+    """The reference predicts with its (final) classifier only: no random walk at inference."""
     torch.manual_seed(0)
     model, _ = _spml()
     model.eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 64))
-        raw = model.classifier.net(out["embedding"])
-        probs = F.avg_pool2d(raw.softmax(1), 2)
-        walked = RandomWalk()(probs, F.avg_pool2d(out["embedding"], 2))
-        want = F.interpolate(walked, size=(16, 16), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(out["logits"].softmax(1), want / want.sum(1, keepdim=True), atol=1e-5, rtol=1e-4)
-    assert not torch.allclose(out["logits"].softmax(1), raw.softmax(1), atol=1e-3)
+        torch.testing.assert_close(out["logits"], model.classifier.net(out["embedding"]))
+
+
+def test_the_classifier_loss_is_weighted_like_the_annotation_term() -> None:
+    assert _spml(annotation_weight=0.3)[1].classifier_weight() == 0.3
+    assert _spml(annotation_weight=0.3, classifier_weight=2.0)[1].classifier_weight() == 2.0
+
+
+def test_the_final_classifier_trains_alone_on_the_frozen_embedding() -> None:
+    torch.manual_seed(0)
+    first, _ = _spml()
+    model, method = _spml(classifier_only=True)
+    method.initialise(model, first.state_dict())
+    before = first.state_dict()
+    for name, value in model.state_dict().items():
+        assert name.startswith("classifier.") or torch.equal(value, before[name]), name
+    assert not torch.equal(model.classifier.net[0].weight, first.classifier.net[0].weight)  # a new classifier
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        n for n, _ in model.named_parameters() if n.startswith("classifier.")
+    }
+    set_train_mode(model, "batch")
+    assert model.classifier.training and not model.backbone.training and not model.decoder.training
+    assert not model.heads["embedding"].training
+    assert method.label_kinds() == ("mask",) and method.prepare_sample("sample") == "sample"
+    mask = torch.full((2, 64, 64), 255)
+    mask[:, :20] = 3
+    out = model(torch.randn(2, 3, 64, 64))
+    loss, terms = method.loss(out, {"mask": mask})
+    torch.testing.assert_close(loss, F.cross_entropy(F.interpolate(out["logits"], 64, mode="bilinear"), mask,
+                                                     ignore_index=255), rtol=1e-4, atol=1e-5)  # fmt: skip
+    assert set(terms) == {"ce"}
 
 
 def test_memory_bank_travels_in_the_method_state() -> None:
@@ -125,8 +151,6 @@ def test_arguments_are_checked() -> None:
         build_method("spml", None, "full", VOC)
     with pytest.raises(ConfigError, match="cam_method must be one of cam, hfpl, ppc, probe, seam"):
         build_method("spml", {"cam_method": "pce"}, "tags", VOC)
-    with pytest.raises(ConfigError, match="rounds must be 1, or 2 for tags / boxes / mixed"):
-        build_method("spml", {"rounds": 2}, "points", VOC)
 
 
 def stage_names(method: Method) -> list[str]:
@@ -134,17 +158,27 @@ def stage_names(method: Method) -> list[str]:
 
 
 def test_tags_and_boxes_train_on_pseudo_labels_after_a_cam_stage() -> None:
-    method = build_method("spml", {"cam_method": "seam", "cam_args": {"view_size": 64}}, "boxes", VOC)
+    args = {"cam_method": "seam", "cam_args": {"view_size": 64}, "final_classifier": False}
+    method = build_method("spml", args, "boxes", VOC)
     plan = method.plan(method.supervision, method.args)
     assert stage_names(method) == ["cam", "pseudo", "seg"] and method.label_kinds() == ("mask", "boxes")
     assert plan[0].overlay == {"method": "seam", "method_args": {"view_size": 64}}
     assert plan[1] == PseudoLabel("pseudo", source="cam") and plan[2] == Train("seg", labels_from="pseudo")
-    assert stage_names(build_method("spml", None, "points", VOC)) == ["train"]
-    two = build_method("spml", {"rounds": 2}, "tags", VOC)
-    assert stage_names(two) == ["cam", "pseudo", "seg", "relabel", "seg2"]
-    *_, relabel, seg2 = two.plan(two.supervision, two.args)
-    assert relabel == Relabel("relabel", source="seg", eval={"crf": True})
-    assert seg2.labels_from == "relabel"
+    assert stage_names(build_method("spml", {"final_classifier": False}, "points", VOC)) == ["seg"]
+
+
+@pytest.mark.parametrize("supervision", ["points", "scribbles", "tags", "boxes", "mixed"])
+def test_the_initial_classifier_relabels_and_a_final_classifier_learns_the_labels(supervision: str) -> None:
+    method = build_method("spml", {"random_walk": True}, supervision, VOC)
+    *first, relabel, final = method.plan(method.supervision, method.args)
+    assert first[-1].name == "seg" and (supervision in ("points", "scribbles")) == (len(first) == 1)
+    assert relabel == Relabel("relabel", source="seg", eval={"crf": True}, labeller="spml")
+    assert final.name == "classifier" and final.labels_from == "relabel" and final.init_from == "seg"
+    assert final.overlay["method_args"]["classifier_only"] is True
+    assert final.overlay["method_args"]["annotation_weight"] == method.args.annotation_weight
+    no_walk = build_method("spml", {"random_walk": False, "relabel_crf": False}, supervision, VOC)
+    relabel = no_walk.plan(supervision, no_walk.args)[-2]
+    assert relabel.labeller == "spml-no-walk" and relabel.eval == {"crf": False}
 
 
 def test_boxes_give_the_co_occurrence_context_of_the_crop() -> None:
@@ -163,7 +197,7 @@ def test_boxes_give_the_co_occurrence_context_of_the_crop() -> None:
 
 def test_mixed_supervision_uses_each_image_s_own_sparse_labels_else_its_pseudo_labels() -> None:
     method = build_method("spml", {"scribble_radius": 0}, "mixed", VOC)
-    assert stage_names(method) == ["cam", "pseudo", "seg"]
+    assert stage_names(method) == ["cam", "pseudo", "seg", "relabel", "classifier"]
     assert method.label_kinds() == ("mask", "tags", "boxes", "points", "scribbles")
     batch = _batch()
     batch["mask"] = torch.full((2, 64, 64), 3)  # pseudo-labels: class 3 everywhere

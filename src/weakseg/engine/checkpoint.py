@@ -99,7 +99,7 @@ def load_model_from_checkpoint(
 ) -> tuple[SegmentationModel, Recipe, dict]:
     """Rebuild the model of a checkpoint (no ImageNet weights needed) and load its weights. ``overrides``
     (``key=value``) change the checkpoint's recipe before the model and its method are built, so that inference
-    settings such as ``method_args.random_walk=false`` take effect."""
+    settings such as ``eval.crf=true`` take effect."""
     state = load_checkpoint(path)
     recipe = from_dict(Recipe, apply_overrides(state["recipe"], list(overrides)))
     class_set = ClassSet.from_dict(state["class_set"])

@@ -31,6 +31,7 @@ from weakseg.engine.evaluator import evaluate
 from weakseg.engine.probe import fit_stage
 from weakseg.engine.pseudo_labels import classifier_map, make_pseudo_labels
 from weakseg.engine.recipe import Recipe
+from weakseg.engine.relabel import LABELLERS, relabel_training_images
 from weakseg.engine.trainer import RESUME_INVARIANTS, Trainer
 from weakseg.errors import ConfigError, DataError, TrainingError
 from weakseg.methods import METHODS, build_method
@@ -126,7 +127,7 @@ class Pipeline:
         checkpoint = str(self.stage_dir(stage.source) / LAST)
         if isinstance(stage, PseudoLabel):
             return {"pseudo": to_dict(self.stage_recipe(name).pseudo), "checkpoint": checkpoint}
-        return {"eval": to_dict(self.stage_recipe(name).eval), "checkpoint": checkpoint}
+        return {"eval": to_dict(self.stage_recipe(name).eval), "labeller": stage.labeller, "checkpoint": checkpoint}
 
     # ------------------------------------------------------------------ running
     def run(self, *, resume: bool = False, start: str | None = None, until: str | None = None) -> PipelineResult:
@@ -171,7 +172,9 @@ class Pipeline:
         """Train stage ``name``; returns its images/s, the weights it started from and whether it continued from a
         checkpoint."""
         recipe = self.stage_recipe(name)
-        trainer = Trainer(recipe, progress=self.progress)
+        stage = self.stage(name)
+        init = self.stage_dir(stage.init_from) / LAST if stage.init_from else None
+        trainer = Trainer(recipe, progress=self.progress, init=init)
         log.info("stage %s: %s / %s, weights: %s", name, recipe.method, recipe.supervision,
                  trainer.model.backbone.info.weights_source)  # fmt: skip
         continued = resume and trainer.resume()
@@ -221,8 +224,9 @@ class Pipeline:
         return scores
 
     def run_relabel(self, stage: Relabel) -> dict:
-        """Stage ``source``'s model (its inference under the stage's ``eval`` settings) labels every training image:
-        ``<stage>/labels/*.png`` and ``<stage>/metrics.json`` (scored when the split has masks)."""
+        """Stage ``source``'s model labels every training image, by its inference under the stage's ``eval`` settings
+        or by the stage's labeller: ``<stage>/labels/*.png`` and ``<stage>/metrics.json`` (scored when the split has
+        masks)."""
         recipe = self.stage_recipe(stage.name)
         config = self._labelling_fingerprint(stage.name)
         device = select_device(recipe.train.device)
@@ -230,8 +234,13 @@ class Pipeline:
         eval_cfg = recipe.eval
         eval_cfg.max_images = None
         dataset = pseudo_label_dataset(recipe, recipe.data.train_split)
-        metrics = evaluate(model, dataset, eval_cfg, device, num_workers=0, progress=self.progress,
-                           prediction_dir=self.labels_dir(stage.name))  # fmt: skip
+        if stage.labeller == "prediction":
+            metrics = evaluate(model, dataset, eval_cfg, device, num_workers=0, progress=self.progress,
+                               prediction_dir=self.labels_dir(stage.name))  # fmt: skip
+        else:
+            labeller = LABELLERS[stage.labeller](model, dataset.class_set, device, crf=eval_cfg.crf)
+            metrics = relabel_training_images(labeller, dataset, out_dir=self.labels_dir(stage.name),
+                                              progress=self.progress)  # fmt: skip
         if "mask" not in dataset.kinds:
             metrics = {"num_images": metrics["num_images"]}
         metrics["config"] = config

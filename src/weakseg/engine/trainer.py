@@ -73,12 +73,16 @@ class TrainingStep(nn.Module):
 
 
 def set_train_mode(model: nn.Module, norm: str) -> None:
-    """``model.train()``; with ``train.norm=frozen`` its batch norms keep normalising with their running statistics."""
+    """``model.train()``, except that modules whose parameters are all frozen stay in eval mode (their batch norms
+    keep their statistics, their dropout is off); with ``train.norm=frozen`` every batch norm keeps normalising with
+    its running statistics."""
     model.train()
-    if norm == "frozen":
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
+    for module in model.modules():
+        parameters = list(module.parameters())
+        if (parameters and not any(p.requires_grad for p in parameters)) or (
+            norm == "frozen" and isinstance(module, nn.modules.batchnorm._BatchNorm)
+        ):
+            module.eval()
 
 
 def check_free_space(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -108,7 +112,9 @@ class TrainResult:
 class Trainer:
     """Builds data, model and method from a recipe and runs (or resumes) training."""
 
-    def __init__(self, recipe: Recipe, *, progress: bool = True) -> None:
+    def __init__(self, recipe: Recipe, *, progress: bool = True, init: Path | None = None) -> None:
+        """``init``: a checkpoint whose weights the model starts from, as the method takes them
+        (:meth:`~weakseg.methods.Method.initialise`; e.g. an earlier stage's model)."""
         self.recipe, self.progress = recipe, progress and distributed.is_main()
         self.out = Path(recipe.output_dir)
         check_writable(self.out)
@@ -136,6 +142,9 @@ class Trainer:
         self.val_set = self._val_set()
         self.model: SegmentationModel = build_model(recipe.model, self.class_set.num_classes)
         self.method.setup(self.model, recipe.model)
+        if init is not None:
+            self.method.initialise(self.model, load_checkpoint(init)["model"])
+            log.info("weights from %s", init)
         if t.norm == "sync" and self.world > 1:
             if self.device.type != "cuda":
                 raise ConfigError("train.norm=sync needs CUDA processes (PyTorch's SyncBatchNorm has no CPU kernel); "

@@ -3,8 +3,9 @@
 * :func:`max_normalised_cam` — ``r_c = ReLU(s_c) / max ReLU(s_c)`` per image and class (eq. 4).
 * :class:`ImportanceSamplingLoss` — ``(1−λ)·L_GAP + λ·L_IS^N`` (eqs. 14–18): the GAP BCE mixed with the BCE of pixel
   logits drawn from ``p_c ∝ sigmoid(s_c)``.
-* :class:`FeatureSimilarityLoss` — ``−(1/HW) Σ_ij w_ij g(r_i, r_j) f(δ_ij)`` (eqs. 9–13) on the max-normalised CAM of
-  the classes present in the image.
+* :func:`minmax_normalised_cam` — the reference code's ``relu(ReLU(s_c) − min − ε) / (max − min + ε)``.
+* :class:`FeatureSimilarityLoss` — ``−(1/HW) Σ_ij w_ij g(r_i, r_j) f(δ_ij)`` (eqs. 9–13) on the normalised CAM of
+  the classes present in the image and, as the reference code, a background channel ``1 − max_c r_c``.
 * :class:`EquivarianceLoss` — SEAM's L1 between the CAMs of an image and of its rescaled copy (the base PPC builds on).
 
 The losses take the ``B×C×h×w`` class scores (logits) and an optional ``B×h×w`` valid-pixel mask at the CAM size.
@@ -121,11 +122,33 @@ class ImportanceSamplingLoss(nn.Module):
         return F.multilabel_soft_margin_loss(pooled, labels)
 
 
-class FeatureSimilarityLoss(nn.Module):
-    """``L_FS = −(1/HW) Σ_ij w_ij g(r_i, r_j) f(δ_ij)`` (HFPL eqs. 9–13), gating on the max-normalised CAM r (eq. 4).
+def minmax_normalised_cam(scores: torch.Tensor, valid: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """``relu(ReLU(s_c) − min − ε) / (max − min + ε)`` per image and class, min and max of ``ReLU(s_c)`` over the
+    valid pixels, 0 outside them: the CAM normalisation of the HFPL and SEAM reference code (``max_norm``)."""
+    valid = _check_valid(valid, scores)
+    cam = F.relu(scores.to(compute_dtype(scores)))
+    flat = cam.flatten(2)
+    if valid is None:
+        low, high = flat.amin(-1), flat.amax(-1)
+    else:
+        inside = valid.flatten(1)[:, None]
+        low = flat.masked_fill(~inside, math.inf).amin(-1)
+        high = flat.masked_fill(~inside, -math.inf).amax(-1)
+    r = F.relu(cam - low[..., None, None] - eps) / (high - low + eps)[..., None, None]
+    return r if valid is None else r * valid[:, None]
 
-    ``w_ij`` is the Gaussian of the pixel distance (σ in CAM pixels, eq. 10), ``g = ½‖r_i − r_j‖²`` over the classes
-    present in the image (eq. 11, absent classes are masked out), ``f = tanh(μ + logit δ)`` with ``δ = ‖x_i − x_j‖₁/3``
+
+NORMALISATIONS = {"max": max_normalised_cam, "minmax": minmax_normalised_cam}
+
+
+class FeatureSimilarityLoss(nn.Module):
+    """``L_FS = −(1/HW) Σ_ij w_ij g(r_i, r_j) f(δ_ij)`` (HFPL eqs. 9–13), gating on the normalised CAM r.
+
+    ``r`` is the CAM of the classes present in the image (absent classes are masked out), normalised per class as
+    ``normalise`` says — ``"minmax"`` (the reference code's) or ``"max"`` (the paper's eq. 4) — and, with
+    ``background`` (the reference code's), one more channel ``1 − max_c r_c``; without it the term is about 0.6× as
+    strong. ``w_ij`` is the Gaussian of the pixel distance (σ in CAM pixels, eq. 10), ``g = ½‖r_i − r_j‖²`` over the
+    channels of ``r`` (eq. 11), ``f = tanh(μ + logit δ)`` with ``δ = ‖x_i − x_j‖₁/3``
     (eqs. 12–13). The sum runs over ordered pairs of valid pixels and is divided by the number of valid pixels, then
     averaged over the batch. ``window=None`` sums all pairs (in row chunks of ``chunk`` pixels, O(chunk·HW) memory);
     ``window=R`` only pairs with ``|dy|, |dx| ≤ R`` (one shifted offset at a time, O(HW·C) memory).
@@ -134,8 +157,18 @@ class FeatureSimilarityLoss(nn.Module):
     only ``m`` and ``M r`` are computed (without gradient), and the quadratic term gets its exact gradient ``2·M r``.
     """
 
-    def __init__(self, mu: float = 2.5, sigma: float = 5.0, window: int | None = None, chunk: int = 4096) -> None:
+    def __init__(
+        self,
+        mu: float = 2.5,
+        sigma: float = 5.0,
+        window: int | None = None,
+        chunk: int = 4096,
+        normalise: str = "minmax",
+        background: bool = True,
+    ) -> None:
         super().__init__()
+        if normalise not in NORMALISATIONS:
+            raise ValueError(f"normalise must be one of {', '.join(NORMALISATIONS)}, got {normalise!r}")
         if sigma <= 0:
             raise ValueError(f"sigma must be > 0, got {sigma}")
         if window is not None and window < 0:
@@ -143,6 +176,7 @@ class FeatureSimilarityLoss(nn.Module):
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
         self.mu, self.sigma, self.window, self.chunk = mu, sigma, window, chunk
+        self.normalise, self.background = normalise, background
 
     def forward(
         self,
@@ -157,8 +191,10 @@ class FeatureSimilarityLoss(nn.Module):
         if present.shape != (b, c):
             raise ValueError(f"present must be {b}×{c} (B×C of the scores), got {tuple(present.shape)}")
         valid = _check_valid(valid, scores)
-        r = max_normalised_cam(scores, valid) * present.to(compute_dtype(scores))[:, :, None, None]
+        r = NORMALISATIONS[self.normalise](scores, valid) * present.to(compute_dtype(scores))[:, :, None, None]
         mask = torch.ones_like(r[:, 0]) if valid is None else valid.to(r.dtype)
+        if self.background:
+            r = torch.cat([r, (1 - r.amax(1, keepdim=True)) * mask[:, None]], dim=1)
         with torch.no_grad(), torch.autocast(r.device.type, enabled=False):
             image = image.detach().to(r.dtype)
             if self.window is None:

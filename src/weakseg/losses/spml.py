@@ -47,18 +47,22 @@ def with_location(embeddings: torch.Tensor) -> torch.Tensor:
     return F.normalize(torch.cat([embeddings, location], 1), dim=1)
 
 
-def spherical_kmeans(features: torch.Tensor, labels: torch.Tensor, clusters: int, iterations: int = 10) -> torch.Tensor:
+def spherical_kmeans(
+    features: torch.Tensor, labels: torch.Tensor, clusters: int, iterations: int = 10, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """Spherical k-means of each image's pixels, all images at once, without gradient.
 
     ``features`` ``B×N×D`` (unit rows), ``labels`` ``B×N`` initial cluster ids in ``[0, clusters)``. Each iteration
     is an M-step ``μ_s = normalise(Σ_{i∈s} e_i)`` then an E-step ``z_i = argmax_s e_iᵀ μ_s`` (METHODS.md §4); an
-    empty cluster's centroid is 0. Returns the ``B×N`` cluster ids.
+    empty cluster's centroid is 0. Pixels outside ``valid`` (``B×N``; padding) are assigned but never move a
+    centroid, as the reference clusters the real pixels only. Returns the ``B×N`` cluster ids.
     """
     with torch.no_grad():
         features = features.detach()
         b, _, d = features.shape
+        members = features if valid is None else features * valid[..., None].to(features.dtype)
         for _ in range(iterations):
-            sums = features.new_zeros(b, clusters, d).scatter_add_(1, labels[..., None].expand(-1, -1, d), features)
+            sums = features.new_zeros(b, clusters, d).scatter_add_(1, labels[..., None].expand(-1, -1, d), members)
             labels = torch.bmm(features, F.normalize(sums, dim=2).transpose(1, 2)).argmax(2)
     return labels
 
@@ -359,10 +363,14 @@ class Relation(ABC):
 
 class ImageSimilarity(Relation):
     """Low-level image similarity, image by image on the location-augmented embeddings: ``C⁺`` the segments of the
-    pixel's over-segmentation region, ``C⁻`` the other segments of its image. Every pixel counts."""
+    pixel's over-segmentation region, ``C⁻`` the other segments of its image. Averaged over each image's pixels, then
+    over the images (as the reference: images with more real pixels do not weigh more)."""
 
     def summed_loss(self, inputs: RelationInputs) -> tuple[torch.Tensor, int]:
-        return sum(self._image_loss(inputs, image) for image in range(inputs.images)), inputs.pixels.shape[0]
+        """The sum over images of their mean pixel loss, and the number of images with pixels."""
+        counts = torch.bincount(inputs.pixel_image, minlength=inputs.images).tolist()
+        means = [self._image_loss(inputs, image) / count for image, count in enumerate(counts) if count]
+        return sum(means), len(means)
 
     def _image_loss(self, inputs: RelationInputs, image: int) -> torch.Tensor:
         """One image's pixels' sum: groups are its regions, a pixel's kind is its own region."""
@@ -479,7 +487,7 @@ class PixelSegmentContrastLoss(nn.Module):
         located = with_location(embeddings.detach())
         init = grid_labels(h, w, *self.grid, device=embeddings.device).reshape(1, -1).expand(b, -1)
         features = located.flatten(2).transpose(1, 2)
-        clusters = spherical_kmeans(features, init, self.grid[0] * self.grid[1], self.iterations)
+        clusters = spherical_kmeans(features, init, self.grid[0] * self.grid[1], self.iterations, valid.reshape(b, -1))
         return split_segments(clusters, labels.reshape(b, -1), regions.reshape(b, -1), valid=valid.reshape(b, -1))
 
     def forward(

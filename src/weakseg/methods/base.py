@@ -73,6 +73,11 @@ class Method:
     def setup(self, model: nn.Module, cfg: ModelConfig) -> None:
         """Attach the auxiliary heads the method needs (none by default) to ``model``, built from ``cfg``."""
 
+    def initialise(self, model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+        """Start ``model`` (built and set up) from an earlier stage's ``weights`` (a stage's ``init_from``): all of
+        them by default."""
+        model.load_state_dict(weights)
+
     def begin_step(self, step: int, total_steps: int) -> None:
         """Called by the trainer before each step's loss (0-based ``step``): for losses that follow the schedule."""
         self.step, self.total_steps = step, total_steps

@@ -168,6 +168,10 @@ class HFPLArgs(CAMArgs):
     mu: float = 2.5  # FSL dissimilarity threshold (eq. 12)
     sigma: float = 5.0  # FSL spatial extent, CAM pixels (eq. 10)
     fsl_window: int | None = None  # None: all pixel pairs (chunked); R: pairs within R CAM pixels (reference)
+    # FSL's r: "minmax" (the reference code's max_norm) or "max" (the paper's eq. 4), with the reference code's
+    # background channel 1 − max_c r_c (fsl_background) or without it.
+    fsl_normalise: str = "minmax"
+    fsl_background: bool = True
 
 
 @register_method
@@ -182,7 +186,9 @@ class HFPL(CAMLearner):
         args = self.args
         try:
             self.classification = ImportanceSamplingLoss(args.samples, args.isl_weight)
-            self.similarity = FeatureSimilarityLoss(args.mu, args.sigma, args.fsl_window)
+            self.similarity = FeatureSimilarityLoss(
+                args.mu, args.sigma, args.fsl_window, normalise=args.fsl_normalise, background=args.fsl_background
+            )
         except ValueError as exc:
             raise ConfigError(f"method_args: {exc}") from None
 

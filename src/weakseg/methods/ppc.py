@@ -45,6 +45,9 @@ class PPCArgs:
     intra: bool = True  # L^intra (eq. 9)
     mining: tuple[int, int] | None = (3, 10)  # semi-hard prototype mining: drop the 3 most similar, keep the next 10
     sampling: bool = True  # hard pixel sampling: a random 50% + the 10%–60% least similar pixels of each class
+    # "reference": the authors' code's objective (every class a prototype, min-max CAMs, …); "present": prototypes of
+    # the classes with pixels only (weakseg's first reading; docs/ppc.md)
+    objective: str = "reference"
 
 
 @register_method
@@ -72,7 +75,7 @@ class PPC(Method):
         try:
             self.contrast = PixelPrototypeContrastLoss(
                 args.alpha, args.beta, args.temperature, args.top_k, args.background,
-                args.cross_prototype, args.cross_cam, args.intra, args.mining, args.sampling,
+                args.cross_prototype, args.cross_cam, args.intra, args.mining, args.sampling, objective=args.objective,
             )  # fmt: skip
         except ValueError as exc:
             raise ConfigError(f"method_args: {exc}") from None
@@ -112,10 +115,10 @@ class PPC(Method):
         grid = target_scores.shape[-2:]
 
         def on_grid(x: torch.Tensor) -> torch.Tensor:
-            return F.interpolate(x.float(), size=grid, mode="bilinear", align_corners=False)
+            return F.interpolate(x.float(), size=grid, mode="bilinear", align_corners=True)
 
-        # The source view on the target's grid (the reference resizes the source's CAM and features, then
-        # re-normalises the features); the valid pixels are the same crop's on both.
+        # The source view on the target's grid (the reference resizes the source's CAM and features, with
+        # align_corners=True, then re-normalises the features); the valid pixels are the same crop's on both.
         embeddings = (F.normalize(on_grid(outputs[PROJECTION]), dim=1), target[PROJECTION].float())
         contrast, parts = self.contrast(embeddings, (on_grid(source_scores), target_scores), tags, (valid, valid))
         terms.update(cp=parts.cross_prototype, cc=parts.cross_cam, intra=parts.intra)

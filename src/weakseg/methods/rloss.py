@@ -2,8 +2,8 @@
 
 Partial CE + dense CRF loss (+ normalized cut, + entropy when their weights are set) from the first step, as the
 reference's PyTorch port; ``regularizer_start`` > 0 gives the lecture's two phases in one run (partial CE alone for
-that fraction of ``train.steps``, the learning rate continuing its schedule). The regularisers see the softmax of the logits, the image and the
-map of real (non-padding) pixels of the augmented crop.
+that fraction of ``train.steps``, the learning rate continuing its schedule). The regularisers see the softmax of
+the logits, the image and the map of real (non-padding) pixels of the augmented crop.
 """
 
 from __future__ import annotations

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 class Train:
     """Train a model with the recipe, overlaid with ``overlay`` (recipe keys, e.g. another learner and its
     ``method_args``, which replace the recipe's); with ``labels_from``, the label maps of that stage replace the
-    training split's masks."""
+    training split's masks; with ``init_from``, the model starts from that stage's model (as the method's
+    ``initialise`` takes it) instead of ImageNet weights alone."""
 
     name: str
     overlay: dict = field(default_factory=dict)
     labels_from: str | None = None
+    init_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,12 +42,14 @@ class PseudoLabel:
 
 @dataclass(frozen=True)
 class Relabel:
-    """Label every training image with the prediction of stage ``source``'s model, under the recipe's ``eval``
-    settings overlaid with ``eval``."""
+    """Label every training image with stage ``source``'s model, under the recipe's ``eval`` settings overlaid with
+    ``eval``: by its prediction (``labeller="prediction"``) or by one of the labellers of
+    :data:`weakseg.engine.relabel.LABELLERS` (e.g. SPML's random walk of the classifier's scores)."""
 
     name: str
     source: str
     eval: dict = field(default_factory=dict)
+    labeller: str = "prediction"
 
 
 Stage = Train | Fit | PseudoLabel | Relabel
@@ -60,13 +64,17 @@ def check_plan(plan: list[Stage]) -> list[Stage]:
     for stage in plan:
         if stage.name in seen:
             raise ValueError(f"stage {stage.name!r} appears twice in the plan")
-        wanted = stage.labels_from if isinstance(stage, Train) else getattr(stage, "source", None)
-        if wanted is not None:
-            if wanted not in seen:
-                raise ValueError(f"stage {stage.name!r} reads {wanted!r}, which does not run before it")
-            expected = LabelStage if isinstance(stage, Train) else ModelStage
-            if not isinstance(seen[wanted], expected):
-                raise ValueError(f"stage {stage.name!r} reads {wanted!r}, a {type(seen[wanted]).__name__} stage")
+        if isinstance(stage, Train):
+            reads = [(stage.labels_from, LabelStage), (stage.init_from, ModelStage)]
+        else:
+            reads = [(getattr(stage, "source", None), ModelStage)]
+        for read, expected in reads:
+            if read is None:
+                continue
+            if read not in seen:
+                raise ValueError(f"stage {stage.name!r} reads {read!r}, which does not run before it")
+            if not isinstance(seen[read], expected):
+                raise ValueError(f"stage {stage.name!r} reads {read!r}, a {type(seen[read]).__name__} stage")
         seen[stage.name] = stage
     if not plan or not isinstance(plan[-1], Train):
         raise ValueError("a plan ends with a training stage")

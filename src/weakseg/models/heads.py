@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -115,20 +113,9 @@ class ProjectionHead(nn.Module):
 
 
 class EmbeddingClassifier(nn.Module):
-    """SPML's softmax classifier on the pixel embedding: 3×3 conv (to 2·dim) – BN – ReLU – dropout – 1×1 conv.
+    """SPML's softmax classifier on the pixel embedding: 3×3 conv (to 2·dim) – BN – ReLU – dropout – 1×1 conv."""
 
-    In eval mode, with ``refine`` (e.g. :class:`weakseg.pseudo.RandomWalk`), its probabilities are diffused along the
-    embedding at half the embedding's resolution (SPML: 1/8 of the image) and brought back; the output is then the
-    log of the refined probabilities, so that softmax and argmax of it are the refined ones.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        num_classes: int,
-        dropout: float = 0.65,
-        refine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    ) -> None:
+    def __init__(self, dim: int, num_classes: int, dropout: float = 0.65) -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.Conv2d(dim, 2 * dim, 3, padding=1, bias=False),
@@ -137,14 +124,6 @@ class EmbeddingClassifier(nn.Module):
             nn.Dropout(dropout),
             nn.Conv2d(2 * dim, num_classes, 1),
         )
-        self.refine = refine
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        logits = self.net(embedding)
-        if self.training or self.refine is None:
-            return logits
-        size = logits.shape[-2:]
-        probs = F.avg_pool2d(logits.float().softmax(1), 2, ceil_mode=True)
-        walked = self.refine(probs, F.avg_pool2d(embedding.float(), 2, ceil_mode=True))
-        walked = F.interpolate(walked, size=size, mode="bilinear", align_corners=False)
-        return walked.clamp_min(1e-8).log().to(logits.dtype)
+        return self.net(embedding)
