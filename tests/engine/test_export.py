@@ -20,6 +20,7 @@ from weakseg.engine.pipeline import Pipeline
 from weakseg.engine.recipe import load_recipe
 from weakseg.engine.trainer import Trainer
 from weakseg.errors import ConfigError, TrainingError
+from weakseg.models.heads import EmbeddingClassifier
 
 EXAMPLE_SIZE = 96  # traced at 96², checked on 64² shapes images and ~500×375 VOC photos
 FORMATS = ("onnx", "torchscript")
@@ -128,9 +129,15 @@ def spml_checkpoint(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_a_forward_that_loops_over_the_batch_is_exported_per_image(
-    shapes: Path, spml_checkpoint: Path, tmp_path: Path, fmt: str
+    shapes: Path, spml_checkpoint: Path, tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """SPML's random walk runs image by image in Python: a plain trace would keep only the example's one image."""
+    """A head that runs image by image in Python (here SPML's classifier, made to loop): a plain trace would keep only
+    the example's one image."""
+
+    def looped(self: EmbeddingClassifier, embedding: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.net(embedding[i : i + 1]) for i in range(embedding.shape[0])])
+
+    monkeypatch.setattr(EmbeddingClassifier, "forward", looped)
     path = export_checkpoint(spml_checkpoint, tmp_path / f"spml{SUFFIX[fmt]}", fmt, example_size=EXAMPLE_SIZE)
     assert json.loads(sidecar_path(path).read_text())["batching"] == "per-image"
     images = _shapes_images(shapes)

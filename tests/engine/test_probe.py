@@ -93,9 +93,9 @@ def test_the_probe_pipeline_and_spml_on_its_labels(shapes: Path, tmp_path: Path)
     result = Pipeline(_recipe(shapes, tmp_path / "probe", *fast), progress=False).run()
     assert list(result.stage_wall_s) == ["cam", "pseudo", "seg"] and 0 <= result.metrics["miou"] <= 1
     assert result.metrics["pseudo_labels"]["classifier"]["train"]["map"] > 0
-    spml = load_recipe("spml-tags", tiny_overrides(shapes, tmp_path / "spml", *fast, "method_args.cam_method=probe",
-                                                   "method_args.cam_args={scales: [1.0]}", "method_args.rounds=1",
-                                                   f"method_args.region_cache={tmp_path / 'regions'}"))  # fmt: skip
+    args = ("method_args.cam_method=probe", "method_args.cam_args={scales: [1.0]}",
+            "method_args.final_classifier=false", f"method_args.region_cache={tmp_path / 'regions'}")  # fmt: skip
+    spml = load_recipe("spml-tags", tiny_overrides(shapes, tmp_path / "spml", *fast, *args))
     pipeline = Pipeline(spml, progress=False)
     assert isinstance(pipeline.stage("cam"), Fit) and pipeline.stage_recipe("cam").method == "probe"
     assert list(pipeline.run().stage_wall_s) == ["cam", "pseudo", "seg"]

@@ -22,6 +22,8 @@ def test_a_well_formed_plan_passes() -> None:
         Fit("cam"),
         PseudoLabel("pseudo", "cam"),
         Train("seg", labels_from="pseudo"),
+        Relabel("relabel", "seg", labeller="spml"),
+        Train("classifier", labels_from="relabel", init_from="seg"),
     ]
     assert check_plan(plan) is plan
 
@@ -36,6 +38,8 @@ def test_a_well_formed_plan_passes() -> None:
         ([Train("cam"), PseudoLabel("pseudo", "cam")], "ends with a training stage"),
         ([Fit("a"), Relabel("b", "a"), Relabel("c", "b"), Train("d")], "reads 'b', a Relabel stage"),
         ([], "ends with a training stage"),
+        ([Train("a"), Relabel("b", "a"), Train("c", init_from="b")], "reads 'b', a Relabel stage"),
+        ([Train("a", init_from="c"), Train("c")], "reads 'c', which does not run before it"),
     ],
 )
 def test_a_malformed_plan_is_refused(plan: list[Stage], message: str) -> None:

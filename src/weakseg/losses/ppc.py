@@ -82,15 +82,17 @@ def estimate_prototypes(
         if labels is not None:
             assigned = labels[None] == torch.arange(k, device=labels.device)[:, None]
             candidates = torch.where(assigned, candidates, -torch.inf)
-        values, index = candidates.topk(min(top_k, n), dim=1)
-        if weights is not None:
-            values = torch.where(values.isfinite(), weights.T.to(dtype).gather(1, index), values)
+        ranks, index = candidates.topk(min(top_k, n), dim=1)
+        values = (
+            ranks if weights is None else torch.where(ranks.isfinite(), weights.T.to(dtype).gather(1, index), ranks)
+        )
         chosen = embeddings.detach().to(dtype)[index]  # K×t×D
-        # Over the global batch under torchrun: the top-k of the processes' top-k candidates.
-        values = gather_rows(values.T.contiguous())[0].T
+        # Over the global batch under torchrun: the top-k (by confidence) of the processes' top-k candidates.
+        ranks, values = (gather_rows(x.T.contiguous())[0].T for x in (ranks, values))
         chosen = gather_rows(chosen.transpose(0, 1).contiguous())[0].transpose(0, 1)
-        if values.shape[1] > top_k:
-            values, pick = values.topk(top_k, dim=1)
+        if ranks.shape[1] > top_k:
+            pick = ranks.topk(top_k, dim=1).indices
+            values = values.gather(1, pick)
             chosen = chosen.gather(1, pick[..., None].expand(-1, -1, chosen.shape[2]))
         weights = torch.where(values.isfinite(), values, 0.0)
         total = weights.sum(1)
