@@ -132,8 +132,8 @@ def test_a_tiny_ablation_end_to_end(tiny: Protocol, places: dict) -> None:
     assert entries["pce (standard bench row)"] == {"miou": 0.3, "boundary_f": 0.1, "jf": 0.2, "git_commit": "abc"}
     entry = entries[first]
     assert 0 <= entry["miou"] <= 1 and entry["stages_run"] == ["train"] and entry["until"] is None
-    assert entry["overrides"] == ["method_args.regularizer_start=0.5"]
-    assert entry["recipe"]["method_args"]["regularizer_start"] == 0.5
+    assert entry["overrides"] == ["method_args.regularizer_start=0.0"]
+    assert entry["recipe"]["method_args"]["regularizer_start"] == 0.0
     assert str(places["cache"]) not in json.dumps(entry)
     path = table_path(places["results"], "shapes", "rloss", "scribbles")
     assert json.loads(path.read_text()) == entries

@@ -217,9 +217,9 @@ OLDER_ROWS = {
         *(f"{name}{seed}" for name in ("hfpl-tags", "seam-tags", "ppc-tags", "ppc-hfpl-tags", "cam-boxes",
                                        "hfpl-boxes") for seed in ("", "-seed1", "-seed2")),
         "cam-tags-seed1", "cam-tags-seed2", "spml-tags", "spml-boxes", "spml-mixed",  # issue 27
-        "rloss-points",  # issue 28
+        "rloss-points", "spml-points",  # issue 28
     },
-    "camvid": {"spml-points", "spml-scribbles", "rloss-points"},  # issue 28
+    "camvid": {"spml-points", "spml-scribbles", "rloss-points", "rloss-scribbles"},  # issue 28
 }  # fmt: skip
 
 

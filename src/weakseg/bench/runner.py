@@ -132,7 +132,10 @@ def run_row(row: Row, cache: Path, commit: str, *, resume: bool = False) -> dict
     if pipeline.multi_stage:
         first = pipeline.names[0]
         record["stages"] = {"wall_s": result.stage_wall_s, first: describe_stage(pipeline, first)}
-        record["pseudo_labels"] = pseudo_summary(m["pseudo_labels"], recipe.pseudo)
+        if "pseudo_labels" in m:  # a CAM pipeline's seeds
+            record["pseudo_labels"] = pseudo_summary(m["pseudo_labels"], recipe.pseudo)
+        if "relabel" in m and "miou" in m["relabel"]:  # a relabelling stage's labels of the training images
+            record["relabel"] = {k: m["relabel"][k] for k in ("miou", "boundary_f", "jf")}
     return record
 
 
