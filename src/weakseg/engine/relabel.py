@@ -18,6 +18,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from weakseg import distributed
+from weakseg.data.classes import ClassSet
 from weakseg.data.dataset import SegmentationDataset
 from weakseg.data.formats import write_label_png
 from weakseg.data.sample import Sample, sample_classes
@@ -47,7 +48,9 @@ def class_normalised(probs: Tensor, present: Tensor, eps: float = 1e-5) -> Tenso
 class SPMLLabeller:
     """SPML's labels of one training image from a model with a classifier and an ``embedding`` head."""
 
-    def __init__(self, model: torch.nn.Module, class_set, device: torch.device, *, walk: bool, crf: bool) -> None:
+    def __init__(
+        self, model: torch.nn.Module, class_set: ClassSet, device: torch.device, *, walk: bool, crf: bool
+    ) -> None:
         self.model, self.class_set, self.device = model.eval(), class_set, device
         self.walk = RandomWalk() if walk else None
         self.crf = DenseCRF() if crf else None
