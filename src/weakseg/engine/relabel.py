@@ -24,10 +24,9 @@ from weakseg.data.formats import write_label_png
 from weakseg.data.sample import Sample, sample_classes
 from weakseg.engine.device import normalize
 from weakseg.engine.metrics import SegmentationMetrics
+from weakseg.methods.spml import EMBEDDING
 from weakseg.pseudo import DenseCRF
 from weakseg.pseudo.random_walk import RandomWalk
-
-EMBEDDING = "embedding"  # the model output the walk reads (SPML's embedding head)
 
 
 def image_classes(sample: Sample, num_classes: int, background: int | None, ignore_index: int) -> Tensor:
