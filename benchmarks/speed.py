@@ -4,6 +4,7 @@
     python -m benchmarks.speed cam [--steps 6] [--batch 8] [--crop 256]
     python -m benchmarks.speed spml [--steps 4] [--baseline REV]
     python -m benchmarks.speed rloss [--repeats 5] [--batch 8] [--size 320]
+    python -m benchmarks.speed boxes [--steps 6]
     python -m benchmarks.speed scaling [--dataset voc454] [--processes 1 2] [--steps 30] [--device cpu|cuda]
 
 Common options, before the subcommand: ``--data-root`` (the benchmark data, default ``../shared/data``) and
@@ -26,6 +27,9 @@ process, so that the ratios within a run hold on a shared machine.
   backward on the model's stride-4 softmax) per kernel at scale 0.5 and 1, with their ratio to the step; then the
   permutohedral loss alone at 80², 160², 320² and 640², each size in its own process, with the peak memory it adds
   (Linux). Set the thread count with OMP_NUM_THREADS.
+- ``boxes``: ``pce`` (scribble-like labels, every 16th mask row) against ``boxinst`` (the real boxes) and the
+  segmentation step of ``box-prior`` (cross-entropy on label maps, the masks standing in for its pseudo-labels) on 8
+  augmented 256² voc454 crops, each step's ratio to ``pce``'s, and BoxInst's two box terms alone (forward + backward).
 - ``scaling``: training images/s (the trainer's, start-up excluded) and peak memory of the standard ``full`` row's
   recipe, cut to ``--steps`` steps, on 1 and N processes (``torchrun`` + DistributedDataParallel); on the CPU the
   cores are shared evenly (``train.num_threads`` = cores / N).
@@ -271,18 +275,26 @@ def bank_entries(loss: torch.nn.Module) -> deque:
     return getattr(loss.bank, "entries", loss.bank)
 
 
-def speed_spml(args: argparse.Namespace) -> dict:
-    voc = get_class_set("voc")
-    dataset = SegmentationDataset(voc_layout(args.data_root / "voc454"), "train", kinds=("mask",))
+def scribbled_crops(data_root: Path, kinds: tuple[str, ...] = ("mask",), regions: bool = False) -> dict:
+    """8 augmented 256² voc454 training crops with ``kinds``, a scribble-like label (every 16th mask row) and, with
+    ``regions``, their Felzenszwalb over-segmentation, collated."""
+    dataset = SegmentationDataset(voc_layout(data_root / "voc454"), "train", kinds=kinds)
     augment = JointTransform(AugmentConfig(crop_size=256, scale_range=(0.5, 1.5)))
     items = []
     for i in range(8):
         sample = dataset[i]
         scribble = np.full_like(sample.maps["mask"], 255)
         scribble[::16] = sample.maps["mask"][::16]
-        sample = sample.with_maps(regions=oversegment(sample.image, OversegmentConfig()), scribble=scribble)
-        items.append(sample_to_tensors(augment(sample, np.random.default_rng(i)), voc.num_classes))
-    batch = collate(items)
+        sample = sample.with_maps(scribble=scribble)
+        if regions:
+            sample = sample.with_maps(regions=oversegment(sample.image, OversegmentConfig()))
+        items.append(sample_to_tensors(augment(sample, np.random.default_rng(i)), dataset.class_set.num_classes))
+    return collate(items)
+
+
+def speed_spml(args: argparse.Namespace) -> dict:
+    voc = get_class_set("voc")
+    batch = scribbled_crops(args.data_root, regions=True)
     baseline = loss_module_at(args.baseline) if args.baseline else None
     methods, steps = {}, {}
     images = None
@@ -305,6 +317,40 @@ def speed_spml(args: argparse.Namespace) -> dict:
               f"{segments[name]:5d} segments/batch")  # fmt: skip
     print(f"peak RSS {peak_rss_mb():.0f} MB")
     return {"step_s": medians, "segments": segments, "peak_rss_mb": peak_rss_mb()}
+
+
+# --------------------------------------------------------------------------------------------------------- boxes
+BOX_VARIANTS = {  # name: (method, its arguments, supervision)
+    "pce": ("pce", {}, "scribbles"),
+    "box-prior (seg stage: CE on label maps)": ("full", {}, "full"),
+    "boxinst": ("boxinst", {}, "boxes"),
+    "boxinst without the pairwise term": ("boxinst", {"pairwise_weight": 0.0}, "boxes"),
+}
+
+
+def speed_boxes(args: argparse.Namespace) -> dict:
+    voc = get_class_set("voc")
+    batch = scribbled_crops(args.data_root, ("mask", "boxes"))
+    steps, methods, images = {}, {}, None
+    for name, (method_name, method_args, supervision) in BOX_VARIANTS.items():
+        torch.manual_seed(0)
+        model, method = build(method_name, method_args, supervision, voc)
+        method.begin_step(1000, 1000)  # past the pairwise term's ramp
+        images = normalize(batch["image"], *model.mean_std) if images is None else images
+        methods[name], steps[name] = method, method_step(model, method, images, batch)
+    logits = torch.randn(8, 21, 256, 256, requires_grad=True)
+
+    def box_terms() -> None:
+        loss, _ = methods["boxinst"].loss({"logits": logits}, batch)
+        loss.backward()
+
+    medians = median_seconds({**steps, "BoxInst's loss alone (forward + backward)": box_terms}, args.steps)
+    print(f"{torch.get_num_threads()} threads, batch 8, crop 256, median of {args.steps} steps after one warm-up")
+    for name, seconds in medians.items():
+        print(f"  {name:45s} {seconds:6.3f} s  {seconds / medians['pce']:5.2f} × pce's step")
+    print(f"peak RSS {peak_rss_mb():.0f} MB")
+    return {"step_s": medians, "ratio_to_pce": {k: v / medians["pce"] for k, v in medians.items()},
+            "threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb()}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------------- rloss
@@ -482,6 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=320)
     p.add_argument("--size-row", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(run=speed_rloss)
+
+    p = sub.add_parser("boxes", help="BoxInst's and box-prior's steps against pce's")
+    p.add_argument("--steps", type=int, default=6)
+    p.set_defaults(run=speed_boxes)
 
     p = sub.add_parser("scaling", help="training images/s and peak memory on 1 and N processes (torchrun)")
     p.add_argument("--dataset", default="voc454", choices=[d.name for d in STANDARD.datasets])

@@ -15,7 +15,7 @@ ENTRY_POINTS = sorted(
     for path in (Path(__file__).parents[1] / "benchmarks").glob("*.py")
     if path.stem not in ("__init__", "common")
 )
-SPEED = ("step", "cam", "spml", "rloss", "scaling")
+SPEED = ("step", "cam", "spml", "rloss", "boxes", "scaling")
 
 
 @pytest.mark.parametrize(("name", "argv"), [*((n, []) for n in ENTRY_POINTS), *(("speed", [w]) for w in SPEED)])
@@ -31,8 +31,8 @@ def test_each_entry_point_answers_help(name: str, argv: list[str], capsys: pytes
 def test_the_entry_points_are_the_indexed_ones() -> None:
     index = (Path(__file__).parents[1] / "benchmarks" / "README.md").read_text()
     assert ENTRY_POINTS == [
-        "bilateral_accuracy", "cam_refinement", "cam_statistics", "export_parity", "oversegmentation", "pmp_blots",
-        "pmp_pseudo", "rloss_weight", "seed_thresholds", "speed", "spml_embedding",
+        "bilateral_accuracy", "box_labels", "cam_refinement", "cam_statistics", "export_parity", "oversegmentation",
+        "pmp_blots", "pmp_pseudo", "rloss_weight", "seed_thresholds", "speed", "spml_embedding",
     ]  # fmt: skip
     for name in ENTRY_POINTS:
         assert f"python -m benchmarks.{name}" in index

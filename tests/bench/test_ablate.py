@@ -29,7 +29,9 @@ RECORDED = Path(__file__).parents[2] / "benchmarks" / "results"
 
 
 def test_the_tables_are_data_beside_the_recipes() -> None:
-    assert ablation_tables() == ["cam", "pmp", "pmp-pretrained", "ppc", "probe", "rloss", "spml", "tags-learners"]
+    assert ablation_tables() == [
+        "box-prior", "cam", "pmp", "pmp-pretrained", "ppc", "probe", "rloss", "spml", "tags-learners"
+    ]  # fmt: skip
     ppc = load_table("ppc")
     assert ppc.until == "pseudo" and ppc.per_seed and ppc.supervision == "tags" and not ppc.references
     assert ppc.variants[0] == AblationVariant("seam (base)", row="seam")
@@ -80,8 +82,10 @@ OLDER_TABLES = {
 
 
 def _recorded_tables() -> list[Path]:
-    """The ablation tables' records (``benchmarks.cam_refinement`` writes its ``*-refinement.json`` beside them)."""
-    return sorted(p for p in (RECORDED / "ablations").glob("*-*-*.json") if not p.stem.endswith("-refinement"))
+    """The ablation tables' records (``benchmarks.cam_refinement`` and ``benchmarks.box_labels`` write their
+    ``*-refinement.json`` and ``*-box-labels.json`` beside them)."""
+    probes = ("-refinement", "-box-labels")
+    return sorted(p for p in (RECORDED / "ablations").glob("*-*-*.json") if not p.stem.endswith(probes))
 
 
 @needs_voc454

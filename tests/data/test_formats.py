@@ -292,14 +292,21 @@ def test_validate_points() -> None:
         formats.validate_points([[5, 5, 27]], 375, 500, 21, "p.json")
 
 
+def test_a_box_reaching_outside_its_image_is_clipped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="weakseg.data.formats"):
+        clipped = formats.validate_boxes([[-20, 0, 502, 10, 1]], 375, 500, 21, "b.json", image_id="X")
+    np.testing.assert_array_equal(clipped, [[0, 0, 500, 10, 1]])
+    assert "b.json: image X: box [-20, 0, 502, 10] reaches outside the 500×375 image: clipped" in caplog.text
+    with pytest.raises(DataError, match=r"image X: box \[600, 0, 700, 10\] has no area inside the 500×375 image"):
+        formats.validate_boxes([[600, 0, 700, 10, 1]], 375, 500, 21, "b.json", image_id="X")
+
+
 def test_validate_boxes() -> None:
     clipped = formats.validate_boxes([[-0.5, 0, 500.8, 375, 3]], 375, 500, 21, "b.json")
     np.testing.assert_array_equal(clipped, [[0, 0, 500, 375, 3]])
     with pytest.raises(DataError, match=r"image X: box \[5, 5, 5, 9\] has no area"):
         formats.validate_boxes([[5, 5, 5, 9, 1]], 375, 500, 21, "b.json", image_id="X")
-    with pytest.raises(DataError, match="lies outside the 500×375 image"):
-        formats.validate_boxes([[0, 0, 502, 10, 1]], 375, 500, 21, "b.json")
-    with pytest.raises(DataError, match="has no area inside the image"):
+    with pytest.raises(DataError, match="has no area inside the 500×375 image"):
         formats.validate_boxes([[-0.9, 0, -0.5, 5, 1]], 375, 500, 21, "b.json")
     with pytest.raises(DataError, match=r"class id 27 outside 0..20"):
         formats.validate_boxes([[0, 0, 5, 5, 27]], 375, 500, 21, "b.json")

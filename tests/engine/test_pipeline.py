@@ -203,3 +203,21 @@ def test_cams_recover_the_objects_of_the_demo_data(tmp_path: Path) -> None:
     assert seed > baseline + 0.15, metrics
     assert refined > seed + 0.03, metrics
     assert metrics["pseudo"]["miou"] >= refined - 0.02  # the kept pixels are at least as clean as the dense map
+
+
+def test_box_prior_labels_the_boxes_without_a_model_then_trains(shapes: Path, tmp_path: Path) -> None:
+    out = tmp_path / "box-prior"
+    result = _pipeline(shapes, out, "box-prior-boxes").run()
+    assert list(result.stage_wall_s) == ["pseudo", "seg"]
+    seeds = json.loads((out / "pseudo" / "metrics.json").read_text())
+    assert seeds["config"]["checkpoint"] is None and "classifier" not in seeds and "cam_step" not in seeds
+    # GrabCut cuts the shapes out of their boxes: better than the filled boxes (the baseline) on the train masks.
+    assert seeds["seed"]["miou"] > seeds["baseline"]["miou"] + 0.05
+    fill = tmp_path / "box-fill"
+    _pipeline(shapes, fill, "box-fill-boxes").run(until="pseudo")
+    filled = json.loads((fill / "pseudo" / "metrics.json").read_text())
+    # Filled boxes again; where boxes of two classes overlap the class of the smaller smallest box wins, which can
+    # differ from the baseline's box-by-box order where a class has boxes of very different sizes.
+    assert filled["seed"]["miou"] == filled["refined"]["miou"] == filled["pseudo"]["miou"]
+    assert filled["seed"]["miou"] == pytest.approx(filled["baseline"]["miou"], abs=0.01)
+    assert load_checkpoint(out / "seg" / "last.pt")["step"] == 4

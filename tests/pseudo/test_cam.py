@@ -98,3 +98,20 @@ def test_config_checks() -> None:
         PseudoLabelConfig(background="otsu").check()
     with pytest.raises(ConfigError, match="pseudo.scales"):
         PseudoLabelConfig(scales=(0.0,)).check()
+
+
+def test_box_scores_fuse_the_prior_with_the_box_normalised_cam() -> None:
+    cams = torch.zeros(3, 4, 6)
+    cams[1] = torch.arange(24.0).view(4, 6)
+    boxes = torch.tensor([[0.0, 0.0, 3.0, 4.0, 1.0]])
+    priors = torch.zeros(1, 4, 6)
+    priors[0, 1:3, 0:2] = 1.0
+    normalised = cams[1, :, :3] / (cams[1, :, :3].max() + 1e-5)
+    for w in (0.0, 0.25, 1.0):
+        scores = box_scores(cams, boxes, [1], priors, w)
+        torch.testing.assert_close(scores[0, :, :3], (1 - w) * priors[0, :, :3] + w * normalised)
+        assert scores[0, :, 3:].abs().sum() == 0
+    # Without a CAM model only the prior counts; the whole box when no prior is given.
+    torch.testing.assert_close(box_scores(None, boxes, [1], priors, 0.0), priors)
+    with pytest.raises(ValueError, match="need CAMs"):
+        box_scores(None, boxes, [1], priors, 0.5)

@@ -122,6 +122,9 @@ STANDARD = Protocol(
         "full-scratch",
         "pce",
         "rloss",
+        "box-fill",
+        "box-prior",
+        "boxinst",
         "probe",
         "cam",
         "hfpl",
@@ -135,6 +138,7 @@ STANDARD = Protocol(
     row_variants=(
         RowVariant("ppc-hfpl", "ppc", ("tags",)),
         RowVariant("pmp-pretrained", "pmp", ("points",)),
+        RowVariant("box-fill", "box-prior", ("boxes",)),  # the plain baseline of every boxes row: filled boxes
         RowVariant("full-scratch", "full", ("full",)),  # the upper bound of `pmp` (from scratch): same model, schedule
     ),
 )

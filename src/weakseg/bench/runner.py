@@ -32,6 +32,7 @@ from weakseg.data.formats import write_json
 from weakseg.engine.pseudo_labels import STAGES
 from weakseg.errors import WeakSegError
 from weakseg.methods import Fit
+from weakseg.methods.stages import ModelStage
 from weakseg.pseudo.cam import PseudoLabelConfig
 
 if TYPE_CHECKING:
@@ -131,7 +132,9 @@ def run_row(row: Row, cache: Path, commit: str, *, resume: bool = False) -> dict
         record["resumed_stages"] = result.resumed_stages
     if pipeline.multi_stage:
         first = pipeline.names[0]
-        record["stages"] = {"wall_s": result.stage_wall_s, first: describe_stage(pipeline, first)}
+        record["stages"] = {"wall_s": result.stage_wall_s}
+        if isinstance(pipeline.plan[0], ModelStage):  # a first stage that labels (a box prior) has no schedule
+            record["stages"][first] = describe_stage(pipeline, first)
         if "pseudo_labels" in m:  # a CAM pipeline's seeds
             record["pseudo_labels"] = pseudo_summary(m["pseudo_labels"], recipe.pseudo)
         if "relabel" in m and "miou" in m["relabel"]:  # a relabelling stage's labels of the training images

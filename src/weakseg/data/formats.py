@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -24,6 +25,8 @@ from PIL import Image
 
 from weakseg.data.sample import clip_boxes, empty_boxes, empty_points, image_id_problem
 from weakseg.errors import DataError
+
+log = logging.getLogger(__name__)
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 _SINGLE_CHANNEL_MODES = {"L", "P", "I", "I;16", "I;16L", "I;16B"}
@@ -565,7 +568,8 @@ def validate_boxes(
     *,
     image_id: str | None = None,
 ) -> np.ndarray:
-    """Check N×5 boxes and return them clipped to the image (overshoot of up to 1 px is tolerated)."""
+    """Check N×5 boxes and return them clipped to the image: a box that reaches more than 1 px beyond it is clipped
+    with a warning naming ``source``; one with no area inside it is an error."""
     arr = np.asarray(boxes, dtype=np.float32)
     if arr.size == 0:
         return empty_boxes()
@@ -580,16 +584,16 @@ def validate_boxes(
     empty = (arr[:, 2] <= arr[:, 0]) | (arr[:, 3] <= arr[:, 1])
     if empty.any():
         raise DataError(source, f"{_prefix(image_id)}box {show(int(np.argmax(empty)))} has no area")
-    over = (arr[:, 0] < -1) | (arr[:, 1] < -1) | (arr[:, 2] > width + 1) | (arr[:, 3] > height + 1)
-    if over.any():
-        box = show(int(np.argmax(over)))
-        raise DataError(source, f"{_prefix(image_id)}box {box} lies outside the {width}×{height} image")
     _check_class_ids(arr[:, 4], num_classes, source, image_id)
     clipped = clip_boxes(arr, height, width)
     empty = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
     if empty.any():
         box = show(int(np.argmax(empty)))
-        raise DataError(source, f"{_prefix(image_id)}box {box} has no area inside the image")
+        raise DataError(source, f"{_prefix(image_id)}box {box} has no area inside the {width}×{height} image")
+    over = (arr[:, 0] < -1) | (arr[:, 1] < -1) | (arr[:, 2] > width + 1) | (arr[:, 3] > height + 1)
+    if over.any():
+        log.warning("%s: %sbox %s reaches outside the %d×%d image: clipped to it", source, _prefix(image_id),
+                    show(int(np.argmax(over))), width, height)  # fmt: skip
     return clipped
 
 

@@ -124,7 +124,7 @@ class Pipeline:
     def _labelling_fingerprint(self, name: str) -> dict:
         """What a labelling stage's labels depend on: its settings and the checkpoint of the model that made them."""
         stage = self.stage(name)
-        checkpoint = str(self.stage_dir(stage.source) / LAST)
+        checkpoint = None if stage.source is None else str(self.stage_dir(stage.source) / LAST)
         if isinstance(stage, PseudoLabel):
             return {"pseudo": to_dict(self.stage_recipe(name).pseudo), "checkpoint": checkpoint}
         return {"eval": to_dict(self.stage_recipe(name).eval), "labeller": stage.labeller, "checkpoint": checkpoint}
@@ -188,20 +188,24 @@ class Pipeline:
         return summary.get("train_images_per_s", 0.0), summary.get("weights_source", "not recorded")
 
     def run_pseudo_labels(self, stage: PseudoLabel) -> dict:
-        """CAMs of the training split → ``<stage>/labels/*.png`` and ``<stage>/metrics.json``."""
+        """CAMs of the training split (or, without a source, box priors) → ``<stage>/labels/*.png`` and
+        ``<stage>/metrics.json``."""
         recipe = self.stage_recipe(stage.name)
         config = self._labelling_fingerprint(stage.name)
         device = select_device(recipe.train.device)
-        model, _, state = load_model_from_checkpoint(config["checkpoint"], device)
+        model = state = None
+        if stage.source is not None:
+            model, _, state = load_model_from_checkpoint(config["checkpoint"], device)
         dataset = pseudo_label_dataset(recipe, recipe.data.train_split)
         metrics = make_pseudo_labels(
             model, dataset, recipe.supervision, recipe.pseudo, device,
             out_dir=self.labels_dir(stage.name), progress=self.progress,
         )  # fmt: skip
         metrics["config"] = config
-        metrics["cam_step"] = state["step"]
-        if "mask" in dataset.kinds:
-            metrics["classifier"] = self._classifier_maps(model, recipe, dataset, device)
+        if model is not None:
+            metrics["cam_step"] = state["step"]
+            if "mask" in dataset.kinds:
+                metrics["classifier"] = self._classifier_maps(model, recipe, dataset, device)
         _write_on_main(self.stage_dir(stage.name) / "metrics.json", metrics)
         if "seed" in metrics:
             log.info("stage %s: seed mIoU %.4f, refined %.4f, pseudo-labels %.4f on %.1f%% of the pixels", stage.name,

@@ -19,7 +19,9 @@ from weakseg.data.formats import write_label_png
 from weakseg.data.sample import Sample, sample_classes
 from weakseg.engine.device import normalize
 from weakseg.engine.metrics import ConfusionMatrix, SegmentationMetrics, multilabel_map
+from weakseg.errors import ConfigError
 from weakseg.pseudo import DenseCRF
+from weakseg.pseudo.boxes import box_priors
 from weakseg.pseudo.cam import (
     SEED_THRESHOLDS,
     PseudoLabelConfig,
@@ -33,7 +35,7 @@ from weakseg.pseudo.cam import (
     label_scores,
     max_normalise,
 )
-from weakseg.pseudo.refiners import build_refiner
+from weakseg.pseudo.refiners import FEATURE_REFINERS, build_refiner
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +58,20 @@ class CamLabels:
 
 
 class PseudoLabeller:
-    """Turns a CAM learner (a model whose forward with ``decode=False`` returns ``cam`` score maps) into labels."""
+    """Turns a CAM learner (a model whose forward with ``decode=False`` returns ``cam`` score maps) into labels; with
+    no model, labels boxes from their priors alone (as with ``pseudo.box_cam_weight: 0``; a refiner that reads no
+    features)."""
 
-    def __init__(self, model: torch.nn.Module, class_set: ClassSet, cfg: PseudoLabelConfig, device: torch.device):
-        self.model, self.class_set, self.cfg, self.device = model.eval(), class_set, cfg.check(), device
+    def __init__(
+        self, model: torch.nn.Module | None, class_set: ClassSet, cfg: PseudoLabelConfig, device: torch.device
+    ) -> None:
+        self.model, self.class_set, self.cfg, self.device = model, class_set, cfg.check(), device
+        if model is None and cfg.refine in FEATURE_REFINERS:
+            raise ConfigError(f"pseudo.refine: {cfg.refine} reads a CAM model's features; without one use none or pamr")
+        if model is not None:
+            model.eval()
         self.background = class_set.background
+        self.cam_weight = 0.0 if model is None else cfg.box_cam_weight
         self.refine = build_refiner(cfg.refine)
         self.crf = DenseCRF()
 
@@ -75,14 +86,20 @@ class PseudoLabeller:
         if kind == "mixed":
             kind = "boxes" if sample.boxes is not None and len(sample.boxes) else "tags"
             sample = sample.replace(tags=sample_classes(sample, self.class_set.ignore_index))
+        if self.model is None and kind != "boxes":
+            raise ConfigError(f"{sample.image_id}: only boxes are labelled without a CAM model, not {kind}")
         image = torch.from_numpy(sample.image).permute(2, 0, 1)[None].to(self.device)
         height, width = sample.size
-        x = normalize(image, *self.model.mean_std)
-        cams = extract_cams(lambda t: self._forward(t)["cam"], x, cfg.scales, cfg.flip)[0]
+        x = None if self.model is None else normalize(image, *self.model.mean_std)
+        cams = None
+        if kind != "boxes" or self.cam_weight > 0:
+            cams = extract_cams(lambda t: self._forward(t)["cam"], x, cfg.scales, cfg.flip)[0]
         if kind == "boxes":
             boxes = torch.as_tensor(sample.boxes, dtype=torch.float32)
-            classes = sorted({int(c) for c in boxes[:, 4].tolist()} - {bg})
-            fg = box_scores(cams, boxes, classes)
+            classes = classes_by_box_area(boxes, bg)
+            priors = None if self.cam_weight == 1 else box_priors(sample.image, sample.boxes, cfg.box_prior)
+            priors = None if priors is None else torch.from_numpy(priors).to(self.device)
+            fg = box_scores(cams, boxes.to(self.device), classes, priors, self.cam_weight)
             region = box_region(boxes, height, width).to(self.device)
             mode, t, band = "threshold", cfg.box_threshold, cfg.box_ignore_band
             baseline = filled_boxes(boxes, height, width, bg)
@@ -108,6 +125,8 @@ class PseudoLabeller:
         if cfg.crf and classes:
             refined = self._crf(refined_fg, classes, image, mode, t)
             pseudo = torch.where(pseudo == IGNORE_INDEX, pseudo, refined)
+        if region is not None and cfg.box_rest == "ignore" and bg is not None:
+            pseudo = pseudo.masked_fill(region & (pseudo == bg), IGNORE_INDEX)
         return CamLabels(baseline.cpu(), seed.cpu(), refined.cpu(), pseudo.cpu(), peak, top)
 
     def _crf(self, fg: Tensor, classes: list[int], image: Tensor, mode: str, t: float) -> Tensor:
@@ -118,8 +137,20 @@ class PseudoLabeller:
         return ids[probs.argmax(0)]
 
 
+def classes_by_box_area(boxes: Tensor, background: int | None) -> list[int]:
+    """The foreground classes of ``boxes`` (N×5), the class of the smallest box first: labelling takes the first of
+    equal scores, so where the boxes of two classes overlap with equal scores, the smaller box's class wins, as in
+    the filled-box baseline."""
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    smallest: dict[int, float] = {}
+    for c, area in zip(boxes[:, 4].long().tolist(), areas.tolist(), strict=True):
+        if c != background:
+            smallest[c] = min(area, smallest.get(c, float("inf")))
+    return sorted(smallest, key=lambda c: (smallest[c], c))
+
+
 def make_pseudo_labels(
-    model: torch.nn.Module,
+    model: torch.nn.Module | None,
     dataset: SegmentationDataset,
     kind: str,
     cfg: PseudoLabelConfig,

@@ -1,3 +1,4 @@
+from weakseg.losses.box import BoxProjectionLoss, PairwiseAffinityLoss
 from weakseg.losses.cam import EquivarianceLoss, FeatureSimilarityLoss, ImportanceSamplingLoss
 from weakseg.losses.partial_ce import PartialCrossEntropy
 from weakseg.losses.ppc import PixelPrototypeContrastLoss
@@ -6,12 +7,14 @@ from weakseg.losses.spml import PixelSegmentContrastLoss
 
 __all__ = [
     "BilateralKernel",
+    "BoxProjectionLoss",
     "DenseCRFLoss",
     "EntropyLoss",
     "EquivarianceLoss",
     "FeatureSimilarityLoss",
     "ImportanceSamplingLoss",
     "NormalizedCutLoss",
+    "PairwiseAffinityLoss",
     "PartialCrossEntropy",
     "PixelPrototypeContrastLoss",
     "PixelSegmentContrastLoss",

@@ -1,4 +1,4 @@
-from weakseg.methods import cam, pmp, ppc, probe, rloss, spml, supervised
+from weakseg.methods import boxinst, boxprior, cam, pmp, ppc, probe, rloss, spml, supervised
 from weakseg.methods.base import METHODS, Method, build_method, learners, method_plan, register_method
 from weakseg.methods.stages import Fit, PseudoLabel, Relabel, Stage, Train
 
@@ -10,6 +10,8 @@ __all__ = [
     "Relabel",
     "Stage",
     "Train",
+    "boxinst",
+    "boxprior",
     "build_method",
     "cam",
     "learners",

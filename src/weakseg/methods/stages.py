@@ -34,10 +34,11 @@ class Fit:
 
 @dataclass(frozen=True)
 class PseudoLabel:
-    """Label every training image with the CAMs of stage ``source``'s model (the recipe's ``pseudo`` settings)."""
+    """Label every training image with the CAMs of stage ``source``'s model (the recipe's ``pseudo`` settings); with
+    no ``source``, boxes are labelled from their box prior alone (``pseudo.box_cam_weight: 0``)."""
 
     name: str
-    source: str
+    source: str | None = None
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,11 @@ from torch import Tensor
 from weakseg.data.classes import IGNORE_INDEX
 from weakseg.data.sample import box_pixel_slices
 from weakseg.errors import ConfigError
+from weakseg.pseudo.boxes import BOX_PRIORS
 from weakseg.pseudo.refiners import REFINERS
 
 BACKGROUNDS = ("threshold", "power")
+BOX_RESTS = ("background", "ignore")
 
 
 @dataclass
@@ -35,6 +37,13 @@ class PseudoLabelConfig:
     ignore_band: tuple[float, float] | None = (0.05, 0.30)  # label with both t; pixels where they disagree: ignore
     box_threshold: float = 0.5  # box-CAM: normalised CAM ≥ threshold inside a box → its class (SPML)
     box_ignore_band: tuple[float, float] | None = None
+    # Boxes: each box's score is (1 − w)·prior + w·CAM normalised in the box, the prior from the image alone
+    # (weakseg.pseudo.boxes: "box" = the whole box, "grabcut"); w = 1 is SPML's box-CAM, w = 0 needs no model.
+    box_prior: str = "box"
+    box_cam_weight: float = 1.0
+    # The rest of a box (its pixels labelled background) in the training labels: "background", or "ignore" (the
+    # loss skips them: only the box's object pixels and the pixels outside every box are trusted).
+    box_rest: str = "background"
     refine: str = "pamr"  # a registered refiner (weakseg.pseudo.refiners): none | pamr | random_walk
     crf: bool = False  # relabel the confident pixels with a dense CRF (weakseg.pseudo.DenseCRF)
 
@@ -45,6 +54,12 @@ class PseudoLabelConfig:
             raise ConfigError(f"pseudo.background must be one of {', '.join(BACKGROUNDS)}, not {self.background!r}")
         if self.refine not in REFINERS:
             raise ConfigError(f"pseudo.refine must be one of {', '.join(REFINERS)}, not {self.refine!r}")
+        if self.box_prior not in BOX_PRIORS:
+            raise ConfigError(f"pseudo.box_prior must be one of {', '.join(BOX_PRIORS)}, not {self.box_prior!r}")
+        if self.box_rest not in BOX_RESTS:
+            raise ConfigError(f"pseudo.box_rest must be one of {', '.join(BOX_RESTS)}, not {self.box_rest!r}")
+        if not 0.0 <= self.box_cam_weight <= 1.0:
+            raise ConfigError(f"pseudo.box_cam_weight must lie in [0, 1], got {self.box_cam_weight}")
         for name in ("box_threshold",):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"pseudo.{name} must lie in (0, 1), got {getattr(self, name)}")
@@ -77,19 +92,30 @@ def max_normalise(cams: Tensor, eps: float = 1e-5) -> Tensor:
     return cams / (cams.flatten(-2).amax(-1)[..., None, None] + eps)
 
 
-def box_scores(cams: Tensor, boxes: Tensor, classes: Sequence[int]) -> Tensor:
-    """Box-CAM: per class of ``classes``, the CAM normalised by its maximum inside each box of that class; zero
-    outside the boxes; where boxes of one class overlap, the higher score. ``cams`` is K×H×W over all class ids,
-    ``boxes`` N×5 ``[x0, y0, x1, y1, class]`` in pixel coordinates of the CAM."""
-    height, width = cams.shape[-2:]
-    out = cams.new_zeros(len(classes), height, width)
+def box_scores(
+    cams: Tensor | None, boxes: Tensor, classes: Sequence[int], priors: Tensor | None = None, cam_weight: float = 1.0
+) -> Tensor:
+    """Per class of ``classes``, the score of each box of that class: ``(1 − w)·prior + w·CAM`` with the CAM
+    normalised by its maximum inside the box (box-CAM, SPML, at ``w = 1``) and ``priors`` the boxes' N×H×W object
+    maps (the whole box when None); zero outside the boxes; where boxes of one class overlap, the higher score.
+    ``cams`` is K×H×W over all class ids (None only with ``w = 0``), ``boxes`` N×5 ``[x0, y0, x1, y1, class]`` in
+    pixel coordinates of the maps."""
+    if cams is None and cam_weight > 0:
+        raise ValueError("box scores with a CAM weight need CAMs")
+    height, width = priors.shape[-2:] if cams is None else cams.shape[-2:]
+    out = torch.zeros(len(classes), height, width, device=boxes.device if cams is None else cams.device)
     row = {c: i for i, c in enumerate(classes)}
-    for box in boxes:
+    for n, box in enumerate(boxes):
         c = int(box[4])
         rows, cols = box_pixel_slices(box.cpu().numpy(), height, width)
-        inside = cams[c, rows, cols]
-        normalised = inside / (inside.max() + 1e-5)
-        out[row[c], rows, cols] = torch.maximum(out[row[c], rows, cols], normalised)
+        if priors is None:
+            score = out.new_ones(rows.stop - rows.start, cols.stop - cols.start)
+        else:
+            score = priors[n, rows, cols]
+        if cam_weight > 0:
+            inside = cams[c, rows, cols].float()
+            score = (1.0 - cam_weight) * score + cam_weight * inside / (inside.max() + 1e-5)
+        out[row[c], rows, cols] = torch.maximum(out[row[c], rows, cols], score)
     return out
 
 

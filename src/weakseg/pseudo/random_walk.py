@@ -180,7 +180,7 @@ class RandomWalk:
         return out.to(scores.dtype)
 
 
-@register_refiner("random_walk")
+@register_refiner("random_walk", reads_features=True)
 def random_walk_refiner() -> CamRefiner:
     """CAM refinement by the random walk on the CAM model's features: the scores pooled to the features' grid,
     walked, upsampled, kept within the boxes' region and max-normalised."""

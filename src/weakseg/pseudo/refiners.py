@@ -20,13 +20,18 @@ class CamRefiner(Protocol):
 
 
 REFINERS: dict[str, Callable[[], CamRefiner]] = {}
+FEATURE_REFINERS: set[str] = set()  # the refiners that call ``features()``: they need a CAM model
 
 
-def register_refiner(name: str) -> Callable[[Callable[[], CamRefiner]], Callable[[], CamRefiner]]:
+def register_refiner(
+    name: str, *, reads_features: bool = False
+) -> Callable[[Callable[[], CamRefiner]], Callable[[], CamRefiner]]:
     """Register a refiner factory (called once per pseudo-label run) under ``name``."""
 
     def register(factory: Callable[[], CamRefiner]) -> Callable[[], CamRefiner]:
         REFINERS[name] = factory
+        if reads_features:
+            FEATURE_REFINERS.add(name)
         return factory
 
     return register
