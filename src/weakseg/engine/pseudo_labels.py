@@ -97,8 +97,9 @@ class PseudoLabeller:
         if kind == "boxes":
             boxes = torch.as_tensor(sample.boxes, dtype=torch.float32)
             classes = classes_by_box_area(boxes, bg)
-            priors = None if self.cam_weight == 1 else box_priors(sample.image, sample.boxes, cfg.box_prior)
-            priors = None if priors is None else torch.from_numpy(priors).to(self.device)
+            priors = None  # box-CAM alone reads no prior
+            if self.cam_weight < 1:
+                priors = torch.from_numpy(box_priors(sample.image, sample.boxes, cfg.box_prior)).to(self.device)
             fg = box_scores(cams, boxes.to(self.device), classes, priors, self.cam_weight)
             region = box_region(boxes, height, width).to(self.device)
             mode, t, band = "threshold", cfg.box_threshold, cfg.box_ignore_band

@@ -4,8 +4,8 @@ loss on each box's class channel of a softmax segmentation.
 BoxInst predicts one mask per instance; here the mask of a box of class ``c`` is the class-``c`` probability map,
 and the boxes of one class in an image count as one mask (their union), so that two boxes of a class do not ask
 the same channel for two different projections. With one box per class this is BoxInst's loss exactly. Both terms
-run at the stride of BoxInst's mask branch (4): logits are average-pooled to it, boxes rasterised at full size and
-sampled at the centre of every stride cell, as AdelaiDet does.
+run at the stride of BoxInst's mask branch (4): logits are average-pooled to it, and a stride cell is inside a box
+when its centre is (AdelaiDet samples the full-size box masks at the cell centres).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from weakseg.errors import ConfigError
 from weakseg.losses import BoxProjectionLoss, PairwiseAffinityLoss, PartialCrossEntropy
 from weakseg.losses.box import box_class_masks, lab_similarity, stride_sample
 from weakseg.methods.base import Method, register_method
+from weakseg.pseudo.cam import box_region
 
 
 @dataclass
@@ -57,7 +58,7 @@ class BoxInst(Method):
         args, logits = self.args, outputs["logits"]
         height, width = batch["valid"].shape[-2:]
         k, device = self.class_set.num_classes, logits.device
-        inside = box_class_masks(batch["boxes"], k, height, width).amax(1).to(device) > 0
+        inside = torch.stack([box_region(boxes, height, width) for boxes in batch["boxes"]]).to(device)
         outside = batch["valid"] & ~inside
         background = torch.full_like(batch["valid"], self.class_set.ignore_index, dtype=torch.int64)
         ce = self.background_ce(logits, background.masked_fill(outside, self.class_set.background))

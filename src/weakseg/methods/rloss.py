@@ -3,8 +3,8 @@
 Two phases in one run, as the lecture's recipe: partial CE alone for the first ``regularizer_start`` fraction of
 ``train.steps``, then partial CE + dense CRF loss (+ normalized cut, + entropy when their weights are set), the
 learning rate continuing its schedule; ``regularizer_start: 0`` is the reference's PyTorch port (the CRF term from
-the first step), which measured worse on voc454. The regularisers see the softmax of
-the logits, the image and the map of real (non-padding) pixels of the augmented crop.
+the first step), which measured worse on voc454. The regularisers see the softmax of the logits, the image and the
+map of real (non-padding) pixels of the augmented crop.
 """
 
 from __future__ import annotations
